@@ -1,0 +1,267 @@
+"""Behaviour of the four methods and the random control on tiny models (CPU, fp32)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tosa_bench import build_model
+from tosa_bench.methods.base import kept_count
+from tosa_bench.methods.tosa import TokenSelector, parse_placement
+
+MODEL = "test_deep"  # 12 blocks, 32x32 input, patch 4 -> 64 patches + CLS = 65 tokens
+N = 65
+
+
+def built(variant: str = "dense", **options):
+    torch.manual_seed(0)
+    return build_model(MODEL, variant, **options)
+
+
+@pytest.fixture(scope="module")
+def dense():
+    return built()
+
+
+@pytest.fixture(scope="module")
+def images():
+    return torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+def same_weights(variant: str, dense, **options):
+    m = build_model(MODEL, variant, **options)
+    result = m.load_state_dict(dense.state_dict(), strict=False)
+    assert not result.unexpected_keys
+    assert all(k.startswith("reducer.") for k in result.missing_keys)
+    return m
+
+
+@pytest.mark.parametrize(
+    "variant,options",
+    [("tosa", {"keep": 1.0}), ("tome", {"r": 0}), ("evit", {"keep": 1.0}), ("random", {"keep": 1.0}), ("tosa", {"keep": 1.0, "placement": "all"})],
+)
+def test_no_reduction_reproduces_dense(variant, options, dense, images):
+    m = same_weights(variant, dense, **options)
+    with torch.no_grad():
+        assert (m(images) - dense(images)).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("placement", ["alternate", "3,4,5", "all", [2, 7]])
+def test_tosa_keeps_every_token_in_order_and_bypass_is_bit_identical(placement, dense, images):
+    m = same_weights("tosa", dense, keep=0.5, placement=placement)
+    blocks = list(range(12))
+    with torch.no_grad():
+        out = m.forward_tokens(images, collect=blocks, need_full=True)
+    assert out.tokens.shape == (8, N, 32) and torch.equal(out.full, out.tokens)
+    k = kept_count(0.5, N - 1)
+    sel = m.reducer.selections
+    assert sorted(sel) == list(m.reducer.placement)
+    for i, idx in sel.items():
+        before, after = out.intermediates[i - 1], out.intermediates[i]
+        assert idx.shape == (8, k + 1) and (idx[:, 0] == 0).all()
+        assert (idx[:, 1:] > idx[:, :-1]).all(), "selected tokens keep their order"
+        skipped = torch.ones(8, N, dtype=torch.bool).scatter_(1, idx, False)
+        assert torch.equal(after[skipped], before[skipped]), f"block {i}: bypassed tokens changed"
+        assert not torch.equal(after[~skipped], before[~skipped])
+
+
+def test_tosa_token_counts_and_selector_reads(images):
+    m = built("tosa", keep=0.3, placement="alternate")
+    for batch in (1, 8):
+        with torch.no_grad():
+            m(images[:batch])
+        k = math.ceil(0.3 * (N - 1))
+        for i, t in enumerate(m.token_counts):
+            expect = k + 1 if i % 2 == 1 else N
+            assert (t.attn, t.mlp) == (expect, expect)
+            assert t.selector == (N if i % 2 == 1 else 0)
+
+
+def test_tome_token_counts(images):
+    m = built("tome", r=4)
+    for batch in (1, 8):
+        with torch.no_grad():
+            m(images[:batch])
+        n = N
+        for t in m.token_counts:
+            assert (t.attn, t.mlp) == (n, n - 4)
+            n -= 4
+
+
+def test_tome_caps_merges_at_half():
+    m = built("tome", r=40)
+    with torch.no_grad():
+        m(torch.randn(2, 3, 32, 32))
+    assert m.token_counts[0].mlp == N - (N - 1) // 2
+
+
+def test_tome_decreasing_schedule_total():
+    m = built("tome", r=2, schedule="decreasing")
+    assert sum(m.reducer.per_block) == 2 * 12 and m.reducer.per_block[0] == 4 and m.reducer.per_block[-1] == 0
+
+
+@pytest.mark.parametrize("fuse", [True, False])
+def test_evit_token_counts(fuse, images):
+    m = built("evit", keep=0.5, fuse=fuse)
+    assert m.reducer.locations == (3, 6, 9)
+    for batch in (1, 8):
+        with torch.no_grad():
+            m(images[:batch])
+        n = N
+        for i, t in enumerate(m.token_counts):
+            assert t.attn == n
+            if i in (3, 6, 9):
+                n = kept_count(0.5, n - 1) + 1 + int(fuse)
+            assert t.mlp == n
+
+
+@pytest.mark.parametrize(
+    "variant,options",
+    [("tosa", {"keep": 0.5}), ("tosa", {"keep": 0.4, "placement": "all", "importance": "cls"}), ("tome", {"r": 5}), ("tome", {"r": 3, "prop_attn": False}), ("evit", {"keep": 0.6}), ("evit", {"keep": 0.6, "fuse": False})],
+)
+def test_batch_equals_single_images(variant, options, images):
+    m = built(variant, **options)
+    with torch.no_grad():
+        batch = m.forward_tokens(images, collect=[5, 11], need_full=True)
+        for b in range(images.shape[0]):
+            one = m.forward_tokens(images[b : b + 1], collect=[5, 11], need_full=True)
+            assert (one.tokens[0] - batch.tokens[b]).abs().max() < 1e-5
+            assert (one.full[0] - batch.full[b]).abs().max() < 1e-5
+            for i in (5, 11):
+                assert (one.intermediates[i][0] - batch.intermediates[i][b]).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("variant,options", [("dense", {}), ("tosa", {"keep": 0.5}), ("tome", {"r": 6}), ("evit", {"keep": 0.5}), ("random", {"keep": 0.5})])
+def test_dense_outputs_have_all_tokens(variant, options, images):
+    m = built(variant, **options)
+    with torch.no_grad():
+        maps = m.forward_intermediates(images[:2], [2, 5, 8, 11])
+        out = m.forward_tokens(images[:2], need_full=True)
+    assert [t.shape for t in maps] == [(2, N, 32)] * 4
+    assert out.full.shape == (2, N, 32)
+
+
+def test_evit_dropped_tokens_keep_their_last_feature(images):
+    m = built("evit", keep=0.5, locations=[3], fuse=True)
+    with torch.no_grad():
+        out = m.forward_tokens(images[:2], collect=[3, 11], need_full=True)
+        # Recompute block 3's attention half by hand to find the dropped tokens and their features.
+        x = m.embed(images[:2])
+        for blk in m.blocks[:3]:
+            x = blk(x)
+        h, att = m.blocks[3].attention(x, need_logits=True)
+    cls_attn = att.logits[:, :, 0].softmax(-1)[:, :, 1:].mean(1)
+    k = kept_count(0.5, N - 1)
+    dropped = cls_attn.argsort(dim=1, descending=True, stable=True)[:, k:] + 1
+    for b in range(2):
+        for j in dropped[b]:
+            assert torch.equal(out.full[b, j], h[b, j])
+            assert torch.equal(out.intermediates[3][b, j], h[b, j])
+
+
+def test_tome_unmerge_copies_merged_feature_to_every_source():
+    m = built("tome", r=8, prop_attn=True)
+    with torch.no_grad():
+        out = m.forward_tokens(torch.randn(2, 3, 32, 32), need_full=True)
+    for b in range(2):
+        rows = {tuple(r.tolist()) for r in out.full[b]}
+        assert len(rows) == out.tokens.shape[1]  # every full row is one of the merged tokens
+        assert torch.equal(out.full[b, 0], out.tokens[b, 0])  # CLS never merged
+
+
+def test_random_control_is_seeded(images):
+    a, b, c = built("random", keep=0.5, seed=3), built("random", keep=0.5, seed=3), built("random", keep=0.5, seed=4)
+    b.load_state_dict(a.state_dict())
+    c.load_state_dict(a.state_dict())
+    with torch.no_grad():
+        ya, yb, yc = a(images), b(images), c(images)
+    assert torch.equal(ya, yb) and not torch.equal(ya, yc)
+    assert not a.reducer.selectors and "reducer.selectors" not in str(list(a.state_dict()))
+
+
+def test_selector_starts_as_reuse_current_attention():
+    sel = TokenSelector(num_heads=3, hidden=10, kernel=5)
+    logits = torch.randn(2, 3, 17, 17) * 4
+    assert torch.allclose(sel(logits), F.log_softmax(logits, dim=-1), atol=1e-6)
+
+
+def test_untrained_tosa_selects_by_current_attention(dense, images):
+    """With identity selectors, block l's choice = tokens most attended in block l-1."""
+    m = same_weights("tosa", dense, keep=0.25, placement=[4])
+    with torch.no_grad():
+        m(images)
+        logits = dense.attention_logits(images, [3])[3]
+    received = logits.softmax(-1).mean(dim=(1, 2))[:, 1:]
+    k = kept_count(0.25, N - 1)
+    expect = received.topk(k, dim=1).indices.sort(dim=1).values + 1
+    assert torch.equal(m.reducer.selections[4][:, 1:], expect)
+
+
+def test_selectors_train_alone_with_frozen_backbone(dense, images):
+    m = same_weights("tosa", dense, keep=0.5, placement=[3, 4])
+    for name, p in m.named_parameters():
+        p.requires_grad_(name.startswith("reducer."))
+    m.reducer.record_predictions = True
+    m.train()
+    m(images[:2])
+    teacher = dense.attention_logits(images[:2], [3, 4])
+    loss = sum(F.kl_div(m.reducer.predictions[i], F.log_softmax(teacher[i], -1), log_target=True, reduction="batchmean") for i in (3, 4))
+    loss.backward()
+    grads = {n: p.grad for n, p in m.named_parameters() if p.grad is not None}
+    assert grads and all(n.startswith("reducer.selectors.") for n in grads)
+    assert any(g.abs().sum() > 0 for g in grads.values())
+
+
+def test_placement_schemes():
+    assert parse_placement("alternate", 12) == (1, 3, 5, 7, 9, 11)
+    assert parse_placement("alternate-even", 12) == (2, 4, 6, 8, 10)
+    assert parse_placement("second-half", 12) == tuple(range(6, 12))
+    assert parse_placement("last:3", 12) == (9, 10, 11)
+    assert parse_placement("all", 4) == (1, 2, 3)
+    assert parse_placement("7, 3", 12) == (3, 7)
+
+
+@pytest.mark.parametrize(
+    "variant,options,named",
+    [
+        ("tosa", {"keep": 0.0}, "keep"),
+        ("tosa", {"keep": -0.5}, "keep"),
+        ("tosa", {"keep": 1.5}, "keep"),
+        ("tosa", {"keep": float("nan")}, "keep"),
+        ("evit", {"keep": float("nan")}, "keep"),
+        ("random", {"keep": 2}, "keep"),
+        ("tosa", {"placement": [0, 3]}, "placement"),
+        ("tosa", {"placement": [12]}, "placement"),
+        ("tosa", {"placement": "every-third"}, "placement"),
+        ("random", {"placement": "3,99"}, "placement"),
+        ("evit", {"locations": [12]}, "locations"),
+        ("evit", {"locations": [-1]}, "locations"),
+        ("tome", {"r": -1}, "r"),
+        ("tome", {"r": 1.5}, "r"),
+        ("tome", {"r": [1, 2]}, "r"),
+        ("tome", {"keep": 0.5}, "keep"),
+        ("tosa", {"selector_kernel": 2}, "selector_kernel"),
+        ("tosa", {"importance": "max"}, "importance"),
+    ],
+)
+def test_bad_arguments_raise_value_error_naming_them(variant, options, named):
+    with pytest.raises(ValueError, match=named):
+        build_model(MODEL, variant, **options)
+
+
+def test_unknown_model_and_variant():
+    with pytest.raises(ValueError, match="model"):
+        build_model("deit_huge_patch3", "dense")
+    with pytest.raises(ValueError, match="variant"):
+        build_model(MODEL, "pruning")
+
+
+def test_state_dict_keys_are_timm_names_plus_method_prefix():
+    keys = set(built("tosa", keep=0.5).state_dict())
+    backbone = {k for k in keys if not k.startswith("reducer.")}
+    assert backbone == set(built().state_dict())
+    assert {k.split(".")[0] for k in backbone} == {"cls_token", "pos_embed", "patch_embed", "blocks", "norm", "head"}
+    assert all(k.startswith("reducer.selectors.") for k in keys - backbone)

@@ -1,0 +1,123 @@
+"""The contract every token-reduction method follows, and the dense method itself.
+
+A method is a ``TokenReducer``: an ``nn.Module`` that owns the loop over the ViT's blocks.
+It gets the embedded tokens (B, N, D) (CLS first) and returns a :class:`ReducerOutput`.
+Keeping the loop in the method (rather than hooks spread over the model) means each
+method is readable in one file, and the backbone stays a plain timm-compatible ViT.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class BlockTokens:
+    """Tokens one block processed in a forward pass.
+
+    attn: tokens that entered the attention (queries = keys).
+    mlp: tokens that entered the MLP (differs from ``attn`` where a method acts between
+        the two halves, as ToMe and EViT do).
+    selector: tokens the block's ToSA selector read (its input map is selector x selector),
+        0 where there is no selector.
+    """
+
+    attn: int
+    mlp: int
+    selector: int = 0
+
+
+@dataclass
+class ReducerOutput:
+    """Result of running the blocks.
+
+    tokens: (B, n, D) the final reduced token set, CLS at index 0 (feeds the classifier).
+    full: (B, N, D) every input token's final feature in its original position, or None
+        when not requested. ToSA keeps all tokens anyway; ToMe copies each merged token
+        back to its sources ("unmerge"); EViT keeps dropped tokens' last features.
+    intermediates: block index -> (B, N, D) full token map after that block.
+    """
+
+    tokens: Tensor
+    full: Tensor | None = None
+    intermediates: dict[int, Tensor] = field(default_factory=dict)
+
+
+def validate_keep(keep: float) -> float:
+    """Keep ratio in (0, 1]; anything else (incl. NaN, bool) is a ``ValueError`` naming ``keep``."""
+    if isinstance(keep, bool) or not isinstance(keep, (int, float)):
+        raise ValueError(f"keep must be a number in (0, 1], got {keep!r}")
+    keep = float(keep)
+    if math.isnan(keep) or not 0.0 < keep <= 1.0:
+        raise ValueError(f"keep must be in (0, 1], got {keep!r}")
+    return keep
+
+
+def kept_count(keep: float, n: int) -> int:
+    """ceil(keep * n) patch tokens, guarded against float round-up (0.7*196 -> 138, not 138+1
+    from 137.20000000000002 noise) and never below 1."""
+    return max(1, min(n, math.ceil(keep * n - 1e-9)))
+
+
+def validate_block_indices(name: str, indices: Sequence[int], depth: int, lowest: int = 0) -> tuple[int, ...]:
+    """Sorted unique 0-based block indices in [lowest, depth); ``ValueError`` naming ``name``."""
+    out = []
+    for i in indices:
+        if isinstance(i, bool) or not isinstance(i, int):
+            raise ValueError(f"{name}: block index {i!r} is not an integer")
+        if not lowest <= i < depth:
+            raise ValueError(f"{name}: block index {i} out of range [{lowest}, {depth - 1}] for a {depth}-block model")
+        out.append(i)
+    if len(set(out)) != len(out):
+        raise ValueError(f"{name}: repeated block index in {list(indices)}")
+    return tuple(sorted(out))
+
+
+def gather_tokens(x: Tensor, idx: Tensor) -> Tensor:
+    """x (B, N, D), idx (B, k) -> (B, k, D)."""
+    return x.gather(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+def scatter_tokens(x: Tensor, idx: Tensor, values: Tensor) -> Tensor:
+    """Copy of x with rows idx (B, k) replaced by values (B, k, D); other rows untouched
+    (bit-identical)."""
+    return x.scatter(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]), values)
+
+
+class TokenReducer(nn.Module):
+    """Dense: every block on every token. Base class of all methods.
+
+    Subclasses override :meth:`bind` (to validate options against the model's shape)
+    and :meth:`forward`. After each forward, ``token_counts`` lists a ``BlockTokens``
+    per block.
+    """
+
+    variant = "dense"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.token_counts: list[BlockTokens] = []
+        self.depth = 0
+
+    def bind(self, cfg) -> None:
+        """Called once by the model with its ``ViTConfig``."""
+        self.depth = cfg.depth
+
+    def options(self) -> dict:
+        """The method's resolved options (for records and tables)."""
+        return {}
+
+    def forward(self, blocks: nn.ModuleList, x: Tensor, collect: tuple[int, ...] = (), need_full: bool = False) -> ReducerOutput:
+        counts, inter = [], {}
+        for i, blk in enumerate(blocks):
+            counts.append(BlockTokens(x.shape[1], x.shape[1]))
+            x = blk(x)
+            if i in collect:
+                inter[i] = x
+        self.token_counts = counts
+        return ReducerOutput(tokens=x, full=x if need_full else None, intermediates=inter)
+

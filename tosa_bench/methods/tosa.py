@@ -1,0 +1,258 @@
+"""ToSA: Token Selective Attention (Singh et al., CVPR-W 2024, arXiv 2406.08816).
+
+A *token selector* sits before each chosen block. It reads the attention logits of the
+block before, predicts the attention map of its own block, and lets only the top-k tokens
+(by predicted attention received) run that block. The other tokens bypass the block
+unchanged and are put back in their places, so every patch keeps a feature to the end.
+
+The paper's full text was not available to us; every choice it leaves open is a named
+option here (defaults per ../shared/reference/README.md §1):
+
+- ``placement``: which blocks carry a selector (named scheme or explicit 0-based list;
+  see :func:`parse_placement`). Block 0 cannot carry one: there is no map before it.
+- selector = Conv1d(H -> C, k) -> ReLU -> Conv1d(C -> H, k) -> log-softmax over keys.
+  Heads are the channels and the convolutions run along the key axis, separately for
+  every query row. ``selector_hidden`` = C (default 2H), ``selector_kernel`` = k
+  (default 3, zero padding, so key neighbours = spatially adjacent patches in a row).
+- initialisation "reuse current attention": conv1 holds +I and -I on the centre tap, conv2
+  recombines ``relu(x) - relu(-x) = x``, so an untrained selector predicts exactly
+  ``log_softmax(current logits)``. Extra hidden channels (C > 2H) start small-random in
+  conv1 and zero in conv2, so they change nothing but still receive gradients.
+- ``importance``: ``"mean"`` (default) = predicted attention a token receives, averaged
+  over heads and all queries; ``"cls"`` = predicted attention from the CLS query only.
+- CLS is always kept; k = ceil(keep * (N - 1)) patch tokens are selected per image; the
+  selected tokens keep their original relative order and run the whole block (attention
+  among themselves, then MLP).
+- consecutive ToSA blocks: the selector of block l reads the last *complete* N x N map.
+  If block l-1 ran densely that is its real logits; if block l-1 was itself a ToSA block
+  (which only attended among its selected tokens) it is the log-attention that block
+  l-1's selector predicted for block l-1.
+
+For distillation (selectors trained on their own, backbone frozen) set
+``record_predictions = True``: each forward then stores the predicted log-attention per
+ToSA block in ``predictions`` (block -> (B, H, N, N)); the dense teacher maps come from
+``VisionTransformer.attention_logits``.
+
+``RandomReducer`` is the control: ToSA's mechanism (same placement, same k, bypass and
+restore) but with tokens chosen uniformly at random, to compare any rule with chance.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tosa_bench.methods.base import (
+    BlockTokens,
+    ReducerOutput,
+    TokenReducer,
+    gather_tokens,
+    kept_count,
+    scatter_tokens,
+    validate_block_indices,
+    validate_keep,
+)
+
+PLACEMENT_SCHEMES = {
+    "alternate": "every other block from block 1: 1, 3, 5, ... (default)",
+    "alternate-even": "every other block from block 2: 2, 4, 6, ...",
+    "second-half": "every block of the second half: L/2 ... L-1",
+    "all": "every block but the first: 1 ... L-1",
+    "last:K": "the last K blocks",
+}
+IMPORTANCE_RULES = ("mean", "cls")
+
+
+def parse_placement(placement: str | Sequence[int], depth: int) -> tuple[int, ...]:
+    """Resolve a placement to sorted 0-based block indices in [1, depth).
+
+    Accepts a scheme name from ``PLACEMENT_SCHEMES``, a comma-separated string of
+    indices ("3,5,7") or a sequence of ints. Raises ``ValueError`` naming ``placement``.
+    """
+    if isinstance(placement, str):
+        text = placement.strip().lower()
+        if text == "alternate":
+            idx = list(range(1, depth, 2))
+        elif text == "alternate-even":
+            idx = list(range(2, depth, 2))
+        elif text == "second-half":
+            idx = list(range(depth // 2, depth))
+        elif text == "all":
+            idx = list(range(1, depth))
+        elif text.startswith("last:"):
+            try:
+                n = int(text.split(":", 1)[1])
+            except ValueError:
+                raise ValueError(f"placement: {placement!r} needs an integer after 'last:'") from None
+            if not 1 <= n <= depth - 1:
+                raise ValueError(f"placement: {placement!r} must name 1..{depth - 1} blocks")
+            idx = list(range(depth - n, depth))
+        elif text and all(part.strip().lstrip("-").isdigit() for part in text.split(",")):
+            idx = [int(part) for part in text.split(",")]
+        else:
+            known = ", ".join(PLACEMENT_SCHEMES)
+            raise ValueError(f"placement: unknown scheme {placement!r}; use one of {known} or a list like '3,5,7'")
+    else:
+        idx = list(placement)
+    if not idx:
+        raise ValueError("placement: no block selected")
+    return validate_block_indices("placement", idx, depth, lowest=1)
+
+
+class TokenSelector(nn.Module):
+    """Predicts a block's attention from the previous block's logits.
+
+    Input (B, H, N, N) logits (or log-attention); output (B, H, N, N) log-probabilities
+    over keys. Each query row is one 1-D sequence along keys with the heads as channels,
+    so the map is laid out as (B * N_q, H, N_k) for ``nn.Conv1d`` (one copy); the output
+    is returned as a (B, H, N, N) view of that layout. (On a 2-core CPU this runs 2.7x
+    faster than the same convolution as a (1, k) Conv2d over (B, H, N_q, N_k).)
+    """
+
+    def __init__(self, num_heads: int, hidden: int | None = None, kernel: int = 3) -> None:
+        super().__init__()
+        hidden = 2 * num_heads if hidden is None else hidden
+        if hidden < 2 * num_heads:
+            raise ValueError(f"selector_hidden must be >= 2 x heads = {2 * num_heads} (needed for the identity start), got {hidden}")
+        if kernel < 1 or kernel % 2 == 0:
+            raise ValueError(f"selector_kernel must be a positive odd integer, got {kernel}")
+        self.num_heads, self.hidden, self.kernel = num_heads, hidden, kernel
+        self.conv1 = nn.Conv1d(num_heads, hidden, kernel, padding=kernel // 2)
+        self.conv2 = nn.Conv1d(hidden, num_heads, kernel, padding=kernel // 2)
+        self.reset_to_identity()
+
+    @torch.no_grad()
+    def reset_to_identity(self) -> None:
+        """Start as "reuse the current attention" (see module docstring)."""
+        H, c = self.num_heads, self.kernel // 2
+        nn.init.normal_(self.conv1.weight, std=0.02)
+        self.conv1.weight[: 2 * H].zero_()
+        self.conv2.weight.zero_()
+        for h in range(H):
+            self.conv1.weight[h, h, c] = 1.0
+            self.conv1.weight[H + h, h, c] = -1.0
+            self.conv2.weight[h, h, c] = 1.0
+            self.conv2.weight[h, H + h, c] = -1.0
+        self.conv1.bias.zero_()
+        self.conv2.bias.zero_()
+
+    def forward(self, logits: Tensor) -> Tensor:
+        B, H, N, _ = logits.shape
+        rows = logits.transpose(1, 2).reshape(B * N, H, N)  # every query row: H channels x N keys
+        z = self.conv2(F.relu(self.conv1(rows)))
+        return F.log_softmax(z, dim=-1).view(B, N, H, N).transpose(1, 2)
+
+
+def _with_cls(patch_idx: Tensor) -> Tensor:
+    """Patch indices (B, k) relative to tokens 1..N-1, in any order -> sorted token indices
+    (B, k+1) with the CLS token (0) first."""
+    idx = patch_idx.sort(dim=1).values + 1
+    return torch.cat([idx.new_zeros(idx.shape[0], 1), idx], dim=1)
+
+
+class ToSAReducer(TokenReducer):
+    """ToSA over a plain ViT. Options: ``keep``, ``placement`` (+ ``importance``,
+    ``selector_hidden``, ``selector_kernel``); see the module docstring."""
+
+    variant = "tosa"
+    uses_maps = True  # the random control overrides this: it never reads attention
+
+    def __init__(
+        self,
+        keep: float = 0.5,
+        placement: str | Sequence[int] = "alternate",
+        importance: str = "mean",
+        selector_hidden: int | None = None,
+        selector_kernel: int = 3,
+    ) -> None:
+        super().__init__()
+        self.keep = validate_keep(keep)
+        if importance not in IMPORTANCE_RULES:
+            raise ValueError(f"importance must be one of {IMPORTANCE_RULES}, got {importance!r}")
+        self.importance = importance
+        self.placement_spec = placement
+        self.selector_hidden, self.selector_kernel = selector_hidden, selector_kernel
+        self.placement: tuple[int, ...] = ()
+        self.selectors = nn.ModuleDict()
+        self.record_predictions = False
+        self.predictions: dict[int, Tensor] = {}
+        self.selections: dict[int, Tensor] = {}  # block -> (B, k+1) tokens that ran it, last forward
+
+    def bind(self, cfg) -> None:
+        super().bind(cfg)
+        self.placement = parse_placement(self.placement_spec, cfg.depth)
+        if self.uses_maps:
+            self.selectors = nn.ModuleDict(
+                {str(i): TokenSelector(cfg.num_heads, self.selector_hidden, self.selector_kernel) for i in self.placement}
+            )
+
+    def options(self) -> dict:
+        out = {"keep": self.keep, "placement": list(self.placement)}
+        if self.uses_maps:
+            out.update(importance=self.importance, selector_hidden=self.selector_hidden, selector_kernel=self.selector_kernel)
+        return out
+
+    def choose(self, block: int, x: Tensor, maps: Tensor | None, k: int) -> tuple[Tensor, Tensor | None]:
+        """Tokens that run ``block``: (B, k+1) sorted indices with CLS first, and the
+        predicted log-attention (the next selector's input) or None."""
+        logp = self.selectors[str(block)](maps)
+        probs = logp.exp()
+        received = probs[:, :, 0, :].mean(1) if self.importance == "cls" else probs.mean(dim=(1, 2))
+        top = received[:, 1:].topk(k, dim=1).indices
+        return _with_cls(top), logp
+
+    def forward(self, blocks: nn.ModuleList, x: Tensor, collect: tuple[int, ...] = (), need_full: bool = False) -> ReducerOutput:
+        n = x.shape[1]
+        k = kept_count(self.keep, n - 1)
+        active = self.placement if k < n - 1 else ()
+        # Blocks whose real logits a selector reads: the dense block right before a ToSA block.
+        map_blocks = {i - 1 for i in active if i - 1 not in active} if self.uses_maps else set()
+        counts, inter, maps = [], {}, None
+        self.predictions, self.selections = {}, {}
+        for i, blk in enumerate(blocks):
+            if i in active:
+                idx, maps = self.choose(i, x, maps, k)
+                self.selections[i] = idx
+                if self.record_predictions and maps is not None:
+                    self.predictions[i] = maps
+                x = scatter_tokens(x, idx, blk(gather_tokens(x, idx)))
+                counts.append(BlockTokens(k + 1, k + 1, n if self.uses_maps else 0))
+            else:
+                h, att = blk.attention(x, need_logits=i in map_blocks)
+                x = blk.feedforward(h)
+                maps = att.logits
+                counts.append(BlockTokens(n, n))
+            if i in collect:
+                inter[i] = x
+        self.token_counts = counts
+        return ReducerOutput(tokens=x, full=x if need_full else None, intermediates=inter)
+
+
+class RandomReducer(ToSAReducer):
+    """Control: ToSA's bypass mechanism with uniformly random token choice per image.
+
+    Draws come from a generator seeded with ``seed`` when first used on a device, so a
+    model built with the same seed draws the same sequence of choices.
+    """
+
+    variant = "random"
+    uses_maps = False
+
+    def __init__(self, keep: float = 0.5, placement: str | Sequence[int] = "alternate", seed: int = 0) -> None:
+        super().__init__(keep=keep, placement=placement)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"seed must be an integer, got {seed!r}")
+        self.seed = seed
+        self._generator: torch.Generator | None = None
+
+    def options(self) -> dict:
+        return {**super().options(), "seed": self.seed}
+
+    def choose(self, block: int, x: Tensor, maps: Tensor | None, k: int) -> tuple[Tensor, None]:
+        if self._generator is None or self._generator.device != x.device:
+            self._generator = torch.Generator(device=x.device).manual_seed(self.seed)
+        scores = torch.rand(x.shape[0], x.shape[1] - 1, generator=self._generator, device=x.device)
+        return _with_cls(scores.topk(k, dim=1).indices), None
