@@ -1,0 +1,247 @@
+"""Accuracy evaluation loops: ImageNet-style classification and NYU-style depth.
+
+These functions measure accuracy only; they never time anything (timing lives in
+``tosa_bench.measure``), so they are free to use a DataLoader, pinned memory and a
+progress bar.
+
+Conventions:
+
+* The model is moved to ``device`` and put in eval mode; its previous train/eval mode is
+  restored afterwards. Everything runs under ``torch.inference_mode()``.
+* ``dtype`` is the autocast precision: ``"fp32"`` (no autocast), ``"fp16"`` or ``"bf16"``.
+  fp16 is CUDA-only: on a CPU it raises ``ValueError`` rather than silently changing
+  what is measured. bf16 on a CPU uses CPU autocast. Weights stay fp32 in every case;
+  outputs are cast to fp32 before any metric.
+* Batches: the default collate gives ``(images, targets)``. A ``collate_fn`` that drops
+  unreadable items may return ``(images, targets, n_dropped)`` instead (``n_dropped`` an
+  int or 0-d tensor); the counts are summed into ``n_unreadable``. A batch whose every
+  item was dropped may carry ``images=None`` or an empty tensor and is skipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Iterable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from tosa_bench.tasks.metrics import ClassificationAccumulator, DepthAccumulator
+
+__all__ = ["evaluate_classification", "evaluate_depth", "resolve_autocast"]
+
+_DTYPES = {
+    "fp32": None, "float32": None, "float": None,
+    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
+    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+}
+
+
+def resolve_autocast(dtype: str | torch.dtype, device: torch.device | str) -> torch.dtype | None:
+    """Map a precision name to the autocast dtype (None = plain fp32) for ``device``.
+
+    Raises ValueError for an unknown name and for fp16 on a CPU (CPU fp16 autocast is
+    slow, partial and not what a GPU fp16 number means).
+    """
+    device = torch.device(device)
+    if isinstance(dtype, torch.dtype):
+        key = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, str(dtype))
+    else:
+        key = str(dtype).lower()
+    if key not in _DTYPES:
+        raise ValueError(f"dtype: unknown precision {dtype!r}; use fp32, fp16 or bf16")
+    amp = _DTYPES[key]
+    if amp is torch.float16 and device.type == "cpu":
+        raise ValueError("dtype: fp16 autocast is not supported on CPU here; use fp32 or bf16 on CPU, fp16 on CUDA")
+    return amp
+
+
+def _autocast(device: torch.device, amp: torch.dtype | None) -> contextlib.AbstractContextManager:
+    if amp is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=amp)
+
+
+def _loader(
+    dataset: Dataset,
+    batch_size: int,
+    device: torch.device,
+    num_workers: int,
+    collate_fn: Callable | None,
+    limit: int | None,
+) -> DataLoader:
+    """Ordered, non-shuffled loader over the first ``limit`` items (all when None)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if limit is not None:
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        dataset = Subset(dataset, range(min(int(limit), len(dataset))))
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        collate_fn=collate_fn,
+        drop_last=False,
+    )
+
+
+def _unpack(batch: Any) -> tuple[Tensor | None, Any, int]:
+    """(images, targets, n_dropped) from a 2- or 3-tuple batch (see module docstring)."""
+    if not isinstance(batch, (tuple, list)) or len(batch) not in (2, 3):
+        raise ValueError(
+            "a batch must be (images, targets) or (images, targets, n_dropped); "
+            f"got {type(batch).__name__} of length {len(batch) if hasattr(batch, '__len__') else '?'}"
+        )
+    n_bad = int(batch[2]) if len(batch) == 3 else 0
+    images = batch[0]
+    if images is not None and images.numel() == 0:
+        images = None
+    return images, batch[1], n_bad
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module, device: torch.device) -> Iterator[nn.Module]:
+    was_training = model.training
+    model.to(device).eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def _progress(loader: DataLoader, enabled: bool, description: str) -> Iterable:
+    if not enabled:
+        yield from loader
+        return
+    from rich.progress import Progress
+
+    with Progress(transient=True) as bar:
+        task = bar.add_task(description, total=len(loader))
+        for batch in loader:
+            yield batch
+            bar.advance(task)
+
+
+def evaluate_classification(
+    model: nn.Module,
+    dataset: Dataset,
+    batch_size: int,
+    device: torch.device | str,
+    dtype: str | torch.dtype = "fp32",
+    num_workers: int = 0,
+    limit: int | None = None,
+    collate_fn: Callable | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Top-1/top-5 accuracy of ``model`` (images (B,3,S,S) -> logits (B,C)) on ``dataset``.
+
+    Dataset items are ``(float32 [3,S,S] normalised image, int label)``; ``limit`` keeps
+    only the first ``limit`` items (in dataset order).
+
+    Returns:
+        ``top1``, ``top5`` in percent (0-100), ``n_images`` (scored), ``n_unreadable``
+        (dropped by ``collate_fn``), ``correct_top1``, ``correct_top5`` (counts),
+        ``dtype`` and ``device`` (strings, for the record).
+    """
+    device = torch.device(device)
+    amp = resolve_autocast(dtype, device)
+    loader = _loader(dataset, batch_size, device, num_workers, collate_fn, limit)
+    acc = ClassificationAccumulator()
+    n_unreadable = 0
+    with _eval_mode(model, device), torch.inference_mode():
+        for batch in _progress(loader, progress, "classification"):
+            images, labels, n_bad = _unpack(batch)
+            n_unreadable += n_bad
+            if images is None:
+                continue
+            images = images.to(device, non_blocking=True)
+            labels = torch.as_tensor(labels).to(device, non_blocking=True)
+            with _autocast(device, amp):
+                logits = model(images)
+            acc.update(logits.float(), labels)
+    out: dict[str, Any] = acc.compute()
+    out["n_unreadable"] = n_unreadable
+    out["dtype"] = str(dtype)
+    out["device"] = str(device)
+    return out
+
+
+def _round_to_patch(size: tuple[int, int], patch: int | None) -> tuple[int, int]:
+    """Nearest multiple of ``patch`` per side (at least one patch); unchanged if no patch."""
+    if not patch:
+        return size
+    return tuple(max(patch, int(round(s / patch)) * patch) for s in size)  # type: ignore[return-value]
+
+
+def evaluate_depth(
+    model: nn.Module,
+    dataset: Dataset,
+    batch_size: int,
+    device: torch.device | str,
+    dtype: str | torch.dtype = "fp32",
+    input_size: tuple[int, int] | None = None,
+    num_workers: int = 0,
+    limit: int | None = None,
+    collate_fn: Callable | None = None,
+    eigen_crop: bool | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """NYU depth metrics of ``model`` (images (B,3,h,w) -> depth (B,h,w) metres).
+
+    Dataset items are ``(float32 [3,H,W] normalised image, float32 [H,W] depth in metres)``
+    at ground-truth resolution (480x640 for NYU). Images are resized (bilinear,
+    align_corners=False) to ``input_size`` = (h, w) model input pixels; predictions are
+    resized back (bilinear) to the GT size, then scored per
+    :mod:`tosa_bench.tasks.metrics` (clamp to [1e-3, 10] m, valid 1e-3 < gt < 10,
+    Eigen crop on 480x640 unless ``eigen_crop`` says otherwise).
+
+    ``input_size=None`` means the GT size itself, rounded to the nearest multiple of
+    ``model.patch_size`` when the model has one (:class:`DepthModel` does). A model output
+    of shape (B, 1, h, w) is accepted too.
+
+    Returns:
+        the nine metric means (see ``DEPTH_METRIC_NAMES``), ``n_images`` (images scored),
+        ``n_skipped`` (images without a valid pixel), ``n_unreadable`` (dropped by
+        ``collate_fn``), ``dtype`` and ``device``.
+    """
+    device = torch.device(device)
+    amp = resolve_autocast(dtype, device)
+    loader = _loader(dataset, batch_size, device, num_workers, collate_fn, limit)
+    acc = DepthAccumulator(eigen_crop=eigen_crop)
+    patch = getattr(model, "patch_size", None)
+    patch = patch if isinstance(patch, int) else None
+    n_unreadable = 0
+    with _eval_mode(model, device), torch.inference_mode():
+        for batch in _progress(loader, progress, "depth"):
+            images, gt, n_bad = _unpack(batch)
+            n_unreadable += n_bad
+            if images is None:
+                continue
+            images = images.to(device, non_blocking=True)
+            gt = gt.to(device, non_blocking=True).float()
+            if gt.ndim == 4 and gt.shape[1] == 1:
+                gt = gt[:, 0]
+            gt_size = (gt.shape[-2], gt.shape[-1])
+            size = tuple(input_size) if input_size is not None else _round_to_patch(gt_size, patch)
+            if tuple(images.shape[-2:]) != size:
+                images = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+            with _autocast(device, amp):
+                pred = model(images)
+            pred = pred.float()
+            if pred.ndim == 3:
+                pred = pred.unsqueeze(1)
+            if pred.ndim != 4 or pred.shape[1] != 1:
+                raise ValueError(f"depth model must return (B, h, w) or (B, 1, h, w), got {tuple(pred.shape)}")
+            if tuple(pred.shape[-2:]) != gt_size:
+                pred = F.interpolate(pred, size=gt_size, mode="bilinear", align_corners=False)
+            acc.update(pred[:, 0], gt)
+    out: dict[str, Any] = acc.compute()
+    out["n_unreadable"] = n_unreadable
+    out["dtype"] = str(dtype)
+    out["device"] = str(device)
+    return out
