@@ -1,0 +1,223 @@
+"""Peak-memory readings with fake torch.cuda, fake NVML and fake /proc files; one real
+/proc check on Linux."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+
+from tosa_bench.measure.memory import (
+    MIB,
+    MemoryReading,
+    cpu_peak_rss,
+    gpu_peak_tensor_memory,
+    nvml_index_for_cuda_device,
+    nvml_process_memory,
+)
+
+# -- GPU tensor peak ---------------------------------------------------------------------
+
+
+class FakeCuda:
+    def __init__(self, available: bool = True) -> None:
+        self.available = available
+        self.log: list[str] = []
+        self.allocated = 100 * MIB
+        self.peak = self.allocated
+
+    def is_available(self) -> bool:
+        return self.available
+
+    def synchronize(self, device: Any = None) -> None:
+        self.log.append("sync")
+
+    def memory_allocated(self, device: Any = None) -> int:
+        return self.allocated
+
+    def reset_peak_memory_stats(self, device: Any = None) -> None:
+        self.log.append("reset")
+        self.peak = self.allocated
+
+    def max_memory_allocated(self, device: Any = None) -> int:
+        self.log.append("max")
+        return self.peak
+
+
+def test_gpu_peak_with_fake_cuda() -> None:
+    cuda = FakeCuda()
+
+    def run() -> None:
+        cuda.log.append("run")
+        cuda.peak = 100 * MIB + 3 * MIB // 2
+
+    r = gpu_peak_tensor_memory(run, device=0, cuda=cuda)
+    assert cuda.log == ["sync", "reset", "run", "sync", "max"]
+    assert r.value_mib == pytest.approx(101.5) and r.reason is None and r.available
+    assert r.detail == {"allocated_before_mib": 100.0}
+    assert r.method == "torch.cuda.max_memory_allocated"
+
+
+def test_gpu_peak_without_cuda_is_none_with_reason() -> None:
+    ran: list[bool] = []
+    r = gpu_peak_tensor_memory(lambda: ran.append(True), cuda=FakeCuda(available=False))
+    assert r.value_mib is None and r.reason == "no CUDA device" and not r.available
+    assert not ran
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU path of the real torch.cuda")
+def test_gpu_peak_real_torch_without_gpu() -> None:
+    assert gpu_peak_tensor_memory(lambda: None).reason == "no CUDA device"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU: real max_memory_allocated")
+def test_gpu_peak_real() -> None:
+    r = gpu_peak_tensor_memory(lambda: torch.empty(64 * MIB, dtype=torch.uint8, device="cuda"))
+    assert r.value_mib is not None and r.value_mib >= 64
+
+
+# -- NVML ----------------------------------------------------------------------------------
+
+
+class NVMLError(Exception):
+    pass
+
+
+class FakeNvml:
+    NVMLError = NVMLError
+
+    def __init__(self, procs: list[Any] | None = None, fail: str | None = None) -> None:
+        self.procs = procs or []
+        self.fail = fail
+        self.calls: list[Any] = []
+
+    def nvmlInit(self) -> None:
+        if self.fail == "init":
+            raise NVMLError("Driver Not Loaded")
+        self.calls.append("init")
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> str:
+        self.calls.append(("handle", index))
+        if self.fail == "handle":
+            raise NVMLError("Invalid Argument")
+        return f"gpu{index}"
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: str) -> list[Any]:
+        self.calls.append(("procs", handle))
+        return self.procs
+
+    def nvmlShutdown(self) -> None:
+        self.calls.append("shutdown")
+
+
+def _proc(pid: int, used: int | None) -> SimpleNamespace:
+    return SimpleNamespace(pid=pid, usedGpuMemory=used)
+
+
+def test_nvml_picks_our_pid_and_converts_to_mib() -> None:
+    me = os.getpid()
+    nvml = FakeNvml([_proc(me + 1, 999 * MIB), _proc(me, 512 * MIB + MIB // 4)])
+    r = nvml_process_memory(nvml_index=2, nvml=nvml)
+    assert r.value_mib == pytest.approx(512.25) and r.reason is None
+    assert nvml.calls == ["init", ("handle", 2), ("procs", "gpu2"), "shutdown"]
+
+
+def test_nvml_explicit_pid() -> None:
+    r = nvml_process_memory(pid=42, nvml=FakeNvml([_proc(42, 2 * MIB), _proc(os.getpid(), 8 * MIB)]))
+    assert r.value_mib == 2.0
+
+
+def test_nvml_none_used_memory() -> None:
+    r = nvml_process_memory(nvml=FakeNvml([_proc(os.getpid(), None)]))
+    assert r.value_mib is None and r.reason.startswith("unavailable:") and "usedGpuMemory" in r.reason
+
+
+def test_nvml_pid_not_listed() -> None:
+    r = nvml_process_memory(nvml=FakeNvml([_proc(os.getpid() + 1, MIB)]))
+    assert r.value_mib is None and r.reason.startswith("unavailable:") and str(os.getpid()) in r.reason
+
+
+@pytest.mark.parametrize("fail, text", [("init", "Driver Not Loaded"), ("handle", "Invalid Argument")])
+def test_nvml_errors_give_unavailable_not_exception(fail: str, text: str) -> None:
+    nvml = FakeNvml(fail=fail)
+    r = nvml_process_memory(nvml=nvml)
+    assert r.value_mib is None and r.reason.startswith("unavailable:") and text in r.reason
+    if fail == "handle":
+        assert nvml.calls[-1] == "shutdown"
+
+
+def test_nvml_real_module_never_raises() -> None:
+    r = nvml_process_memory()
+    assert isinstance(r, MemoryReading)
+    assert r.available or r.reason.startswith("unavailable:")
+
+
+def test_nvml_index_mapping() -> None:
+    assert nvml_index_for_cuda_device(1, env={}) == 1
+    assert nvml_index_for_cuda_device(1, env={"CUDA_VISIBLE_DEVICES": "3,5"}) == 5
+    assert nvml_index_for_cuda_device(0, env={"CUDA_VISIBLE_DEVICES": "GPU-abc"}) == 0
+
+
+# -- CPU peak RSS --------------------------------------------------------------------------
+
+
+def _status(rss_kb: int, hwm_kb: int) -> str:
+    return f"Name:\tpython\nVmPeak:\t 9999999 kB\nVmHWM:\t {hwm_kb} kB\nVmRSS:\t {rss_kb} kB\n"
+
+
+def test_cpu_peak_with_fake_proc(tmp_path: Path) -> None:
+    clear_refs, status = tmp_path / "clear_refs", tmp_path / "status"
+    clear_refs.write_text("")
+    status.write_text(_status(rss_kb=204800, hwm_kb=900000))
+
+    def run() -> None:
+        assert clear_refs.read_text() == "5"  # reset happened before the run
+        status.write_text(_status(rss_kb=204800, hwm_kb=307200))
+
+    r = cpu_peak_rss(run, clear_refs_path=clear_refs, status_path=status)
+    assert r.value_mib == pytest.approx(300.0)  # VmHWM after the reset, kB -> MiB
+    assert r.detail == {"rss_before_mib": 200.0}
+    assert r.reason is None
+
+
+def test_cpu_peak_unwritable_clear_refs_is_unavailable(tmp_path: Path) -> None:
+    status = tmp_path / "status"
+    status.write_text(_status(1024, 999999))
+    ran: list[bool] = []
+    r = cpu_peak_rss(lambda: ran.append(True), clear_refs_path=tmp_path / "missing" / "clear_refs", status_path=status)
+    assert r.value_mib is None and r.reason.startswith("unavailable:") and "clear_refs" in r.reason
+    assert not ran  # never falls back to a whole-process high-water mark
+
+
+def test_cpu_peak_missing_status(tmp_path: Path) -> None:
+    r = cpu_peak_rss(lambda: None, clear_refs_path=tmp_path / "c", status_path=tmp_path / "nope")
+    assert r.value_mib is None and "unavailable" in r.reason
+
+
+def _real_clear_refs_writable() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _real_clear_refs_writable(), reason="needs Linux with a writable /proc/self/clear_refs")
+def test_cpu_peak_real_proc_sees_a_transient_allocation() -> None:
+    big = 96 * MIB
+
+    def run() -> None:
+        buf = bytearray(big)  # zero-filled: pages are touched
+        del buf
+
+    r = cpu_peak_rss(run)
+    assert r.value_mib is not None
+    assert r.value_mib - r.detail["rss_before_mib"] >= 0.8 * big / MIB
+    # a second, small run is not polluted by the first one's peak
+    small = cpu_peak_rss(lambda: None)
+    assert small.value_mib < r.value_mib - 0.5 * big / MIB
