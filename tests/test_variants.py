@@ -265,3 +265,16 @@ def test_state_dict_keys_are_timm_names_plus_method_prefix():
     assert backbone == set(built().state_dict())
     assert {k.split(".")[0] for k in backbone} == {"cls_token", "pos_embed", "patch_embed", "blocks", "norm", "head"}
     assert all(k.startswith("reducer.selectors.") for k in keys - backbone)
+
+
+@pytest.mark.parametrize(
+    "variant,options",
+    [("dense", {}), ("tosa", {"keep": 0.37, "placement": "3,4,9"}), ("random", {"keep": 0.5}), ("tome", {"r": 7}), ("tome", {"r": 5, "schedule": "decreasing"}), ("evit", {"keep": 0.6}), ("evit", {"keep": 0.9, "fuse": False, "locations": [1, 2]})],
+)
+def test_reported_counts_equal_the_schedule_derived_from_options(variant, options, images):
+    from tosa_bench.methods.schedule import expected_token_counts
+
+    m = built(variant, **options)
+    with torch.no_grad():
+        m(images[:2])
+    assert m.token_counts == expected_token_counts(m.reducer, N)
