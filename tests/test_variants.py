@@ -152,7 +152,7 @@ def test_evit_dropped_tokens_keep_their_last_feature(images):
         x = m.embed(images[:2])
         for blk in m.blocks[:3]:
             x = blk(x)
-        h, att = m.blocks[3].attention(x, need_logits=True)
+        h, att = m.blocks[3].attention(x, need_logits="cls")
     cls_attn = att.logits[:, :, 0].softmax(-1)[:, :, 1:].mean(1)
     k = kept_count(0.5, N - 1)
     dropped = cls_attn.argsort(dim=1, descending=True, stable=True)[:, k:] + 1
@@ -185,7 +185,8 @@ def test_random_control_is_seeded(images):
 def test_selector_starts_as_reuse_current_attention():
     sel = TokenSelector(num_heads=3, hidden=10, kernel=5)
     logits = torch.randn(2, 3, 17, 17) * 4
-    assert torch.allclose(sel(logits), F.log_softmax(logits, dim=-1), atol=1e-6)
+    assert torch.equal(sel(logits), logits)
+    assert torch.allclose(sel.log_attention(logits), F.log_softmax(logits, dim=-1), atol=1e-6)
 
 
 def test_untrained_tosa_selects_by_current_attention(dense, images):
@@ -278,3 +279,16 @@ def test_reported_counts_equal_the_schedule_derived_from_options(variant, option
     with torch.no_grad():
         m(images[:2])
     assert m.token_counts == expected_token_counts(m.reducer, N)
+
+
+def test_cls_rule_runs_on_the_cls_row_only_and_matches_the_full_map(dense, images):
+    """The selector treats rows independently, so the CLS-row fast path must choose what the
+    full-map computation would choose (identity selectors: block 3's CLS attention)."""
+    m = same_weights("tosa", dense, keep=0.25, placement=[4], importance="cls")
+    with torch.no_grad():
+        m(images)
+        logits = dense.attention_logits(images, [3])[3]
+    assert m.token_counts[4].selector_rows == 1
+    received = logits[:, :, 0].softmax(-1).sum(1)[:, 1:]
+    expect = received.topk(kept_count(0.25, N - 1), dim=1).indices.sort(dim=1).values + 1
+    assert torch.equal(m.reducer.selections[4][:, 1:], expect)

@@ -158,6 +158,30 @@ def nvml_process_memory(nvml_index: int = 0, pid: int | None = None, nvml: Any =
 CPU_RSS_METHOD = "/proc/self/clear_refs=5 then VmHWM"
 
 
+def return_freed_memory_to_os() -> bool:
+    """Make glibc hand freed large blocks back to the OS (fixed 128 KiB mmap and trim
+    thresholds via ``mallopt``), so that RSS falls after a forward frees its activations.
+
+    Without it glibc raises its mmap threshold after the first large free and keeps later
+    activation buffers on the heap: the next forward then reuses resident pages and the
+    high-water mark does not rise at all (we saw a 0 MiB "peak" for DeiT-S). Returns False
+    where there is no glibc (the reading is then a lower bound). Idempotent.
+    """
+    global _MALLOPT_DONE
+    if _MALLOPT_DONE is None:
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL("libc.so.6")
+            _MALLOPT_DONE = bool(libc.mallopt(-3, 128 * 1024)) and bool(libc.mallopt(-1, 128 * 1024))  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
+        except (OSError, AttributeError):
+            _MALLOPT_DONE = False
+    return _MALLOPT_DONE
+
+
+_MALLOPT_DONE: bool | None = None
+
+
 def _status_kib(status_path: Path, key: str) -> int | None:
     """Value of ``key`` (e.g. "VmHWM") in kB (KiB) from a /proc status file, or None."""
     for line in status_path.read_text().splitlines():
@@ -177,9 +201,11 @@ def cpu_peak_rss(
     runs ``fn``, reads ``VmHWM`` (kB = KiB) from ``status_path``. If the reset or the read
     is impossible, ``fn`` is not run and the reading is None with the reason (a fresh
     subprocess is then the way to measure; the process-lifetime ``ru_maxrss`` is never
-    substituted). Paths are injectable for tests.
+    substituted). Paths are injectable for tests. Call :func:`return_freed_memory_to_os`
+    early (before the model is first run) for the reading to be the forward's own rise.
     """
     clear_refs, status = Path(clear_refs_path), Path(status_path)
+    return_freed_memory_to_os()
     try:
         before = _status_kib(status, "VmRSS")
     except OSError as exc:

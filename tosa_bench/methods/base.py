@@ -22,13 +22,20 @@ class BlockTokens:
     attn: tokens that entered the attention (queries = keys).
     mlp: tokens that entered the MLP (differs from ``attn`` where a method acts between
         the two halves, as ToMe and EViT do).
-    selector: tokens the block's ToSA selector read (its input map is selector x selector),
-        0 where there is no selector.
+    selector: keys of the map the block's ToSA selector read, 0 where there is none.
+    selector_rows: query rows of that map (``selector`` for the full map, 1 when only
+        the CLS row is read).
     """
 
     attn: int
     mlp: int
     selector: int = 0
+    selector_rows: int = 0
+
+    def __post_init__(self) -> None:
+        # Under torch.jit.trace (fvcore) shapes are traced values; store plain ints.
+        for name in ("attn", "mlp", "selector", "selector_rows"):
+            object.__setattr__(self, name, int(getattr(self, name)))
 
 
 @dataclass

@@ -4,7 +4,8 @@ as a baseline.
 At each block in ``locations`` (default the 4th, 7th and 10th of 12, i.e. 0-based 3, 6,
 9), after attention and before the MLP:
 
-- attentiveness of a patch token = attention the CLS query gives it, averaged over heads;
+- attentiveness of a patch token = attention the CLS query gives it, averaged over heads
+  (only that row of logits is computed, beside the fused attention kernel);
 - the ceil(keep * (n - 1)) most attentive of the n - 1 current non-CLS tokens are kept
   (n = tokens entering that block, so keep compounds over locations, as in EViT);
 - with ``fuse`` (default True) the others are summed into one extra token weighted by
@@ -80,7 +81,7 @@ class EViTReducer(TokenReducer):
             n = x.shape[1]
             k = kept_count(self.keep, n - 1)
             prune = i in self.locations and k < n - 1
-            h, att = blk.attention(x, need_logits=prune)
+            h, att = blk.attention(x, need_logits="cls" if prune else False)
             if prune:
                 cls_attn = att.logits[:, :, 0, :].softmax(dim=-1)[:, :, 1:].mean(dim=1)  # (B, n-1)
                 order = cls_attn.argsort(dim=1, descending=True, stable=True)

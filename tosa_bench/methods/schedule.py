@@ -20,8 +20,8 @@ def expected_token_counts(reducer: TokenReducer, num_tokens: int) -> list[BlockT
     if isinstance(reducer, ToSAReducer):
         k = kept_count(reducer.keep, n - 1)
         active = set(reducer.placement) if k < n - 1 else set()
-        reads = n if reducer.uses_maps else 0
-        return [BlockTokens(k + 1, k + 1, reads) if i in active else BlockTokens(n, n) for i in range(depth)]
+        tosa = BlockTokens(k + 1, k + 1, n, 1 if reducer.importance == "cls" else n) if reducer.uses_maps else BlockTokens(k + 1, k + 1)
+        return [tosa if i in active else BlockTokens(n, n) for i in range(depth)]
     if isinstance(reducer, ToMeReducer):
         out = []
         for r in reducer.per_block:

@@ -14,24 +14,31 @@ option here (defaults per ../shared/reference/README.md §1):
   Heads are the channels and the convolutions run along the key axis, separately for
   every query row. ``selector_hidden`` = C (default 2H), ``selector_kernel`` = k
   (default 3, zero padding, so key neighbours = spatially adjacent patches in a row).
+  The convolutions give predicted logits z; the predicted attention is softmax(z) (its
+  log, the log-softmax, is what distillation compares). Inference takes the softmax
+  directly, which is the same distribution in one pass fewer.
 - initialisation "reuse current attention": conv1 holds +I and -I on the centre tap, conv2
   recombines ``relu(x) - relu(-x) = x``, so an untrained selector predicts exactly
   ``log_softmax(current logits)``. Extra hidden channels (C > 2H) start small-random in
   conv1 and zero in conv2, so they change nothing but still receive gradients.
 - ``importance``: ``"mean"`` (default) = predicted attention a token receives, averaged
   over heads and all queries; ``"cls"`` = predicted attention from the CLS query only.
+  The selector treats every query row on its own, so the "cls" rule needs only the CLS
+  row: the block before computes that row of logits next to its fused attention and the
+  selector runs on (B, H, 1, N), about N times less work than the "mean" rule.
 - CLS is always kept; k = ceil(keep * (N - 1)) patch tokens are selected per image; the
   selected tokens keep their original relative order and run the whole block (attention
   among themselves, then MLP).
-- consecutive ToSA blocks: the selector of block l reads the last *complete* N x N map.
-  If block l-1 ran densely that is its real logits; if block l-1 was itself a ToSA block
-  (which only attended among its selected tokens) it is the log-attention that block
-  l-1's selector predicted for block l-1.
+- consecutive ToSA blocks: the selector of block l reads the last *complete* N x N map
+  of logits. If block l-1 ran densely that is its real logits; if block l-1 was itself a
+  ToSA block (which only attended among its selected tokens) it is the logits that block
+  l-1's selector predicted for block l-1. Only the first block of a run of consecutive
+  ToSA blocks therefore needs a materialised attention map in the block before it.
 
 For distillation (selectors trained on their own, backbone frozen) set
-``record_predictions = True``: each forward then stores the predicted log-attention per
-ToSA block in ``predictions`` (block -> (B, H, N, N)); the dense teacher maps come from
-``VisionTransformer.attention_logits``.
+``record_predictions = True``: each forward then stores the predicted log-attention
+(log-softmax over keys) per ToSA block in ``predictions`` (block -> (B, H, N, N)); the
+dense teacher maps come from ``VisionTransformer.attention_logits``.
 
 ``RandomReducer`` is the control: ToSA's mechanism (same placement, same k, bypass and
 restore) but with tokens chosen uniformly at random, to compare any rule with chance.
@@ -105,8 +112,8 @@ def parse_placement(placement: str | Sequence[int], depth: int) -> tuple[int, ..
 class TokenSelector(nn.Module):
     """Predicts a block's attention from the previous block's logits.
 
-    Input (B, H, N, N) logits (or log-attention); output (B, H, N, N) log-probabilities
-    over keys. Each query row is one 1-D sequence along keys with the heads as channels,
+    Input (B, H, N, N) logits of the block before; output (B, H, N, N) predicted logits
+    of this block (softmax over keys = predicted attention). Each query row is one 1-D sequence along keys with the heads as channels,
     so the map is laid out as (B * N_q, H, N_k) for ``nn.Conv1d`` (one copy); the output
     is returned as a (B, H, N, N) view of that layout. (On a 2-core CPU this runs 2.7x
     faster than the same convolution as a (1, k) Conv2d over (B, H, N_q, N_k).)
@@ -140,10 +147,18 @@ class TokenSelector(nn.Module):
         self.conv2.bias.zero_()
 
     def forward(self, logits: Tensor) -> Tensor:
-        B, H, N, _ = logits.shape
-        rows = logits.transpose(1, 2).reshape(B * N, H, N)  # every query row: H channels x N keys
-        z = self.conv2(F.relu(self.conv1(rows)))
-        return F.log_softmax(z, dim=-1).view(B, N, H, N).transpose(1, 2)
+        """(B, H, R, N) logits of R query rows (R = N, or 1 for the CLS row alone) ->
+        predicted logits of this block for the same rows; the predicted attention is their
+        softmax over keys (see :meth:`log_attention`)."""
+        B, H, R, N = logits.shape
+        rows = logits.transpose(1, 2).reshape(B * R, H, N)  # every query row: H channels x N keys
+        z = self.conv2(F.relu_(self.conv1(rows)))
+        return z.view(B, R, H, N).transpose(1, 2)
+
+    def log_attention(self, logits: Tensor) -> Tensor:
+        """The selector's output distribution: log-softmax over keys of :meth:`forward`
+        (what distillation compares with the teacher's next-block attention)."""
+        return F.log_softmax(self(logits), dim=-1)
 
 
 def _with_cls(patch_idx: Tensor) -> Tensor:
@@ -197,12 +212,14 @@ class ToSAReducer(TokenReducer):
 
     def choose(self, block: int, x: Tensor, maps: Tensor | None, k: int) -> tuple[Tensor, Tensor | None]:
         """Tokens that run ``block``: (B, k+1) sorted indices with CLS first, and the
-        predicted log-attention (the next selector's input) or None."""
-        logp = self.selectors[str(block)](maps)
-        probs = logp.exp()
-        received = probs[:, :, 0, :].mean(1) if self.importance == "cls" else probs.mean(dim=(1, 2))
+        predicted logits (the next selector's input) or None."""
+        z = self.selectors[str(block)](maps)  # (B, H, rows, N); rows = 1 for the "cls" rule
+        if self.record_predictions:
+            self.predictions[block] = F.log_softmax(z, dim=-1)
+        # softmax once, then sum: the same ranking as the mean over heads (and queries)
+        received = z.softmax(dim=-1).sum(dim=(1, 2))
         top = received[:, 1:].topk(k, dim=1).indices
-        return _with_cls(top), logp
+        return _with_cls(top), z
 
     def forward(self, blocks: nn.ModuleList, x: Tensor, collect: tuple[int, ...] = (), need_full: bool = False) -> ReducerOutput:
         n = x.shape[1]
@@ -210,18 +227,18 @@ class ToSAReducer(TokenReducer):
         active = self.placement if k < n - 1 else ()
         # Blocks whose real logits a selector reads: the dense block right before a ToSA block.
         map_blocks = {i - 1 for i in active if i - 1 not in active} if self.uses_maps else set()
+        logits_kind = "cls" if self.importance == "cls" else True
+        rows = 1 if self.importance == "cls" else n
         counts, inter, maps = [], {}, None
         self.predictions, self.selections = {}, {}
         for i, blk in enumerate(blocks):
             if i in active:
                 idx, maps = self.choose(i, x, maps, k)
                 self.selections[i] = idx
-                if self.record_predictions and maps is not None:
-                    self.predictions[i] = maps
                 x = scatter_tokens(x, idx, blk(gather_tokens(x, idx)))
-                counts.append(BlockTokens(k + 1, k + 1, n if self.uses_maps else 0))
+                counts.append(BlockTokens(k + 1, k + 1, n, rows) if self.uses_maps else BlockTokens(k + 1, k + 1))
             else:
-                h, att = blk.attention(x, need_logits=i in map_blocks)
+                h, att = blk.attention(x, need_logits=logits_kind if i in map_blocks else False)
                 x = blk.feedforward(h)
                 maps = att.logits
                 counts.append(BlockTokens(n, n))

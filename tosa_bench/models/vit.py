@@ -27,8 +27,9 @@ class AttentionOutput(NamedTuple):
     """What one attention call returns.
 
     out: projected attention output (B, n, D), before the residual add.
-    logits: pre-softmax logits ``q k^T / sqrt(d) + bias`` (B, H, n, n) when they were
-        asked for, else ``None`` (the fused SDPA kernel never materialises them).
+    logits: pre-softmax logits ``q k^T / sqrt(d) + bias``: (B, H, n, n) for
+        ``need_logits=True``, only the CLS query's row (B, H, 1, n) for
+        ``need_logits="cls"``, else ``None`` (the fused SDPA kernel never materialises them).
     keys: the keys (B, H, n, d); ToMe uses them as its similarity metric.
     """
 
@@ -42,8 +43,10 @@ class Attention(nn.Module):
 
     * fused ``F.scaled_dot_product_attention`` whenever no attention map is needed;
     * explicit ``softmax(q k^T * scale + bias) @ v`` when ``need_logits=True``, used only
-      in the blocks whose map a method reads (the block before a ToSA selector, EViT's
-      pruning blocks).
+      in the blocks whose full map a method reads (the block before a ToSA selector);
+    * fused attention plus the CLS query's logits alone (one 1 x n row per head) when
+      ``need_logits="cls"``, for methods that read only that row (EViT; ToSA with the
+      "cls" importance rule).
 
     ``bias`` is an additive logit bias broadcastable to (B, H, n, n), e.g. ToMe's
     proportional attention ``log(size)`` over keys.
@@ -59,12 +62,12 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor, bias: Tensor | None = None, need_logits: bool = False) -> AttentionOutput:
+    def forward(self, x: Tensor, bias: Tensor | None = None, need_logits: bool | str = False) -> AttentionOutput:
         B, N, C = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         logits = None
-        if need_logits:
+        if need_logits is True:
             logits = (q * self.scale) @ k.transpose(-2, -1)
             if bias is not None:
                 logits = logits + bias
@@ -73,6 +76,12 @@ class Attention(nn.Module):
             if bias is not None:
                 bias = bias.to(q.dtype)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+            if need_logits == "cls":
+                logits = (q[:, :, :1] * self.scale) @ k.transpose(-2, -1)
+                if bias is not None:
+                    logits = logits + bias[..., :1, :]
+            elif need_logits:
+                raise ValueError(f"need_logits must be True, False or 'cls', got {need_logits!r}")
         y = y.transpose(1, 2).reshape(B, N, C)
         return AttentionOutput(self.proj(y), logits, k)
 
@@ -101,7 +110,7 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(cfg.embed_dim, eps=cfg.ln_eps)
         self.mlp = Mlp(cfg.embed_dim, cfg.mlp_hidden)
 
-    def attention(self, x: Tensor, bias: Tensor | None = None, need_logits: bool = False) -> tuple[Tensor, AttentionOutput]:
+    def attention(self, x: Tensor, bias: Tensor | None = None, need_logits: bool | str = False) -> tuple[Tensor, AttentionOutput]:
         """First half: ``x + attn(norm1(x))``; also returns the raw attention output."""
         a = self.attn(self.norm1(x), bias=bias, need_logits=need_logits)
         return x + a.out, a

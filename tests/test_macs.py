@@ -1,0 +1,81 @@
+"""The fvcore counter against the analytic formula, and against published GMACs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tosa_bench import build_model
+from tosa_bench.measure.analytic import analytic_macs
+from tosa_bench.measure.flops import count_macs
+from tosa_bench.methods.schedule import expected_token_counts
+
+CASES = [
+    ("dense", {}),
+    ("tosa", {"keep": 0.5}),
+    ("tosa", {"keep": 0.3, "placement": "second-half"}),
+    ("tosa", {"keep": 0.7, "placement": "3,4,5", "selector_hidden": 8, "selector_kernel": 5}),
+    ("tosa", {"keep": 0.5, "importance": "cls", "placement": "all"}),
+    ("tosa", {"keep": 0.5, "importance": "cls"}),
+    ("tosa", {"keep": 0.4, "importance": "cls", "placement": "2,3,5"}),
+    ("random", {"keep": 0.4}),
+    ("tome", {"r": 4}),
+    ("tome", {"r": 3, "schedule": "decreasing", "prop_attn": False}),
+    ("evit", {"keep": 0.7}),
+    ("evit", {"keep": 0.5, "fuse": False, "locations": [1, 2]}),
+]
+
+
+@pytest.mark.parametrize("variant,options", CASES)
+@pytest.mark.parametrize("model", ["test_tiny", "test_deep"])
+def test_counter_agrees_with_formula(model, variant, options):
+    m = build_model(model, variant, **options)
+    x = torch.randn(1, 3, 32, 32)
+    counted = count_macs(m, x)
+    formula = analytic_macs(m.cfg, m.reducer, m.token_counts)
+    assert m.token_counts == expected_token_counts(m.reducer, m.cfg.num_tokens)
+    assert abs(counted.total - formula.total) <= 0.01 * formula.total
+    # Per block: the block's own modules plus its selector module. (ToMe's matching, EViT's
+    # CLS-attention softmax and ToSA's softmax of the predicted logits run in the reducer
+    # itself: formula.outside, in the total only.)
+    for i, own in enumerate(formula.blocks):
+        got = counted.by_module[f"blocks.{i}"] + counted.by_module.get(f"reducer.selectors.{i}", 0)
+        assert abs(got - own) <= 0.01 * own
+
+
+def test_counter_agrees_on_deit_small_variants():
+    for variant, options in [("dense", {}), ("tosa", {"keep": 0.5}), ("tome", {"r": 13}), ("evit", {"keep": 0.7})]:
+        m = build_model("deit_small_patch16_224", variant, **options)
+        counted = count_macs(m, torch.randn(1, 3, 224, 224))
+        formula = analytic_macs(m.cfg, m.reducer, m.token_counts)
+        assert abs(counted.total - formula.total) <= 0.01 * formula.total, variant
+
+
+def test_selector_cost_is_visible_not_hidden():
+    m = build_model("test_deep", "tosa", keep=0.5)
+    counted = count_macs(m, torch.randn(1, 3, 32, 32))
+    assert counted.by_module["reducer.selectors.1"] > 0
+    assert "aten::topk" in counted.uncounted_ops and "aten::scatter" in counted.uncounted_ops
+
+
+def formula_gmacs(name: str, variant: str = "dense", **options) -> float:
+    m = build_model(name, variant, **options)
+    counts = expected_token_counts(m.reducer, m.cfg.num_tokens)
+    return analytic_macs(m.cfg, m.reducer, counts).gmacs
+
+
+@pytest.mark.parametrize("name,published", [("deit_tiny_patch16_224", 1.26), ("deit_small_patch16_224", 4.61), ("deit_base_patch16_224", 17.58)])
+def test_dense_deit_totals(name, published):
+    assert formula_gmacs(name) == pytest.approx(published, rel=0.01)
+
+
+@pytest.mark.parametrize("keep,published", [(0.9, 4.0), (0.8, 3.5), (0.7, 3.0), (0.6, 2.6), (0.5, 2.3)])
+def test_evit_readme_gmacs_deit_small_fused(keep, published):
+    # EViT README (youweiliang/evit), DeiT-S, fused, 4th/7th/10th block; figures rounded to 0.1.
+    assert round(formula_gmacs("deit_small_patch16_224", "evit", keep=keep, fuse=True), 1) == published
+
+
+@pytest.mark.parametrize("r,published", [(8, 3.4), (13, 2.7), (16, 2.3)])
+def test_tome_paper_gmacs_deit_small(r, published):
+    # ToMe paper, DeiT-S at r = 8 / 13 / 16; figures rounded to 0.1.
+    assert round(formula_gmacs("deit_small_patch16_224", "tome", r=r), 1) == published
