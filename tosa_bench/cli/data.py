@@ -1,0 +1,36 @@
+"""``tosa-bench data make shapes|rooms``: the embedded datasets, generated on disk."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from tosa_bench.cli.common import app, guarded, out
+
+data_app = typer.Typer(help="Generate the embedded datasets in the real on-disk formats.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+class Kind(str, Enum):
+    shapes = "shapes"
+    rooms = "rooms"
+
+
+@data_app.command("make")
+@guarded
+def make_command(
+    kind: Annotated[Kind, typer.Argument(help="shapes: ImageFolder JPEG classification set; rooms: NYU-style v7.3 .mat depth set.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder to write (created).")],
+    n: Annotated[Optional[int], typer.Option(min=1, help="Images (default 200 shapes, 16 rooms).")] = None,
+    size: Annotated[Optional[int], typer.Option(min=16, help="shapes: image side (224); rooms: image height (480, width 4/3 of it).")] = None,
+    seed: Annotated[int, typer.Option(help="Generator seed (same seed, same files).")] = 0,
+) -> None:
+    """Write a generated dataset that `--imagenet` (shapes) or `--nyu` (rooms) accepts."""
+    from tosa_bench.data.synthetic import make_dataset
+
+    path = make_dataset(kind.value, out_dir, n=n, size=size, seed=seed)
+    flag = "--imagenet" if kind is Kind.shapes else "--nyu"
+    out.print(f"wrote {kind.value} to {path}  (use: {flag} {path})")

@@ -1,0 +1,110 @@
+"""``tosa-bench profile``: one model/variant, measured and explained block by block."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from tosa_bench.cli.common import DType, Variant, app, guarded, out, parse_int_list
+
+
+@app.command("profile")
+@guarded
+def profile_command(
+    model: Annotated[str, typer.Option(help="Model config, e.g. deit_small_patch16_224 (see `tosa-bench models`).")] = "deit_small_patch16_224",
+    variant: Annotated[Variant, typer.Option(help="Token-reduction method.")] = Variant.tosa,
+    keep: Annotated[Optional[float], typer.Option(help="Keep ratio in (0, 1]; its meaning per variant is in tosa_bench/methods/natural.py (tome: r = round((1-keep)(N-1)/L)).")] = None,
+    placement: Annotated[Optional[str], typer.Option(help="ToSA/random selector blocks: alternate, alternate-even, second-half, all, last:K, or indices like 3,5,7.")] = None,
+    tome_r: Annotated[Optional[int], typer.Option("--tome-r", help="ToMe tokens merged per block (overrides the keep mapping).")] = None,
+    evit_loc: Annotated[Optional[str], typer.Option("--evit-loc", help="EViT pruning blocks, 0-based, e.g. 3,6,9.")] = None,
+    fuse: Annotated[bool, typer.Option("--fuse/--no-fuse", help="EViT: fuse dropped tokens into one.")] = True,
+    seed: Annotated[int, typer.Option(help="Random control: seed of the token draws.")] = 0,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per timed batch.")] = 32,
+    dtype: Annotated[DType, typer.Option(help="fp32, or fp16/bf16 autocast (fp16 needs CUDA).")] = DType.fp32,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
+    checkpoint: Annotated[Optional[Path], typer.Option(help="timm/DeiT weights (.pth or .safetensors), loaded tensors-only.")] = None,
+    selector: Annotated[Optional[Path], typer.Option(help="Trained ToSA selector weights.")] = None,
+    no_timing: Annotated[bool, typer.Option("--no-timing", help="Count compute and parameters only.")] = False,
+    time_budget: Annotated[Optional[float], typer.Option("--time-budget", help="Seconds for the throughput phase, half that for latency (default: 12 on CPU, unlimited on GPU).")] = None,
+    warmup: Annotated[int, typer.Option(min=0, help="Warm-up steps (not timed).")] = 10,
+    repeats: Annotated[int, typer.Option(min=1, help="Timed steps (median and spread reported).")] = 40,
+    compile: Annotated[bool, typer.Option("--compile", help="Time a torch.compile'd model.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
+    save: Annotated[Optional[Path], typer.Option("--save", help="Also write the JSON record (with the environment record) to this file.")] = None,
+) -> None:
+    """Profile one model/variant: GMACs/GFLOPs per block and in total, parameters,
+    throughput, batch-1 latency and peak memory, with the method behind each number."""
+    import torch
+
+    from tosa_bench.build import build_model
+    from tosa_bench.measure.block_time import block_time_shares
+    from tosa_bench.measure.env import environment_record
+    from tosa_bench.measure.point import Point, Settings, measure_point, resolve_device
+    from tosa_bench.methods.natural import natural_options
+    from tosa_bench.models.configs import get_config
+    from tosa_bench.tasks.evaluate import resolve_autocast
+
+    resolved = resolve_device(device)
+    resolve_autocast(dtype.value, resolved)  # fp16 on CPU etc. fails here, before any work
+    cfg = get_config(model)
+    options = natural_options(variant.value, keep, cfg, placement=placement, tome_r=tome_r, evit_locations=parse_int_list(evit_loc, "--evit-loc"), fuse=fuse, seed=seed)
+    point = Point(model, variant.value, options, batch_size, dtype.value, resolved, None, str(checkpoint) if checkpoint else None, str(selector) if selector else None, compile)
+    build_model(point.model, point.variant, checkpoint=point.checkpoint, selector=point.selector, **point.options)  # validate inputs first
+    budget = time_budget if time_budget is not None else (12.0 if resolved == "cpu" else None)
+    settings = Settings(timing=not no_timing, warmup=warmup, repeats=repeats, time_budget_s=budget)
+
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=out, transient=True, disable=as_json) as bar:
+        task = bar.add_task(f"{model} / {variant.value}")
+        record = measure_point(point, settings, stage=lambda s: bar.update(task, description=f"{model} / {variant.value}: {s}"))
+        if not no_timing:
+            bar.update(task, description=f"{model} / {variant.value}: per-block time")
+            m = build_model(point.model, point.variant, checkpoint=point.checkpoint, selector=point.selector, **point.options).to(resolved)
+            x = torch.randn(batch_size, 3, cfg.img_size, cfg.img_size, device=resolved)
+            shares = block_time_shares(m, x, passes=1 if resolved == "cpu" else 5, amp=resolve_autocast(dtype.value, resolved))
+            record["time_share_per_block"] = shares["per_block"]
+    record["config_hash"] = point.config_hash()
+    env = environment_record(device=resolved)
+    if save is not None:
+        save.parent.mkdir(parents=True, exist_ok=True)
+        save.write_text(json.dumps({**record, "env": env}, indent=2) + "\n")
+    if as_json:
+        print(json.dumps({**record, "env": env}))
+        return
+    _print_tables(record, env)
+
+
+def _print_tables(r: dict, env: dict) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"{r['model']} / {r['variant']} {r['resolved_options']}", caption="GMACs per image (fvcore + SDPA/softmax/GELU handles); time share of one forward")
+    for col in ("block", "attn tokens", "mlp tokens", "selector map", "GMACs", "time share"):
+        t.add_column(col, justify="right")
+    shares = r.get("time_share_per_block")
+    for i, ((na, nm), ns, g) in enumerate(zip(r["tokens_per_block"], r["selector_tokens_per_block"], r["gmacs_per_block"])):
+        t.add_row(str(i), str(na), str(nm), f"{ns}x{ns}" if ns else "-", f"{g:.4f}", f"{shares[i]:.1%}" if shares else "not measured")
+    t.add_row("total", "", "", "", f"{r['gmacs']:.3f}", f"{sum(shares):.1%} in blocks" if shares else "")
+    out.print(t)
+    s = Table(show_header=False, title="summary")
+    s.add_column("what")
+    s.add_column("value")
+    s.add_row("parameters", f"{r['params'] / 1e6:.3f} M (method's own: {r['params_method'] / 1e3:.1f} k)")
+    s.add_row("compute", f"{r['gmacs']:.3f} GMACs = {r['gflops']:.3f} GFLOPs per image (formula: {r['gmacs_analytic']:.3f} GMACs)")
+    uncounted = ", ".join(k.removeprefix("aten::") for k in r["uncounted_ops"]) or "none"
+    s.add_row("not counted", uncounted)
+    if r.get("throughput_img_s") is not None:
+        s.add_row("throughput", f"{r['throughput_img_s']:.1f} images/s (median of {r['timed_steps']} steps; {r['throughput_img_s_low']:.1f}-{r['throughput_img_s_high']:.1f} slowest-fastest)")
+    else:
+        s.add_row("throughput", r.get("timing_reason", "not measured"))
+    if r.get("latency_ms_p50") is not None:
+        s.add_row("latency (batch 1)", f"{r['latency_ms_p50']:.2f} ms median, {r['latency_ms_p90']:.2f} ms p90")
+    mem = r.get("peak_mem_mb")
+    s.add_row("peak memory", f"{mem:.1f} MiB ({r['peak_mem_method']})" if mem is not None else f"not measured: {r.get('peak_mem_method')}")
+    if r.get("nvml_process_mib") is not None:
+        s.add_row("NVML process", f"{r['nvml_process_mib']:.1f} MiB (context + allocator cache)")
+    s.add_row("setup", f"{r['device']} ({env.get('device_name') or env.get('cpu_model')}), {r['dtype']}, batch {r['batch_size']}, {r['threads']} threads, torch {env.get('torch')}")
+    out.print(s)

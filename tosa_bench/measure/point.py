@@ -1,0 +1,240 @@
+"""Measure one configuration ("point"): the one place where a model is built, counted,
+timed and its memory read. ``tosa-bench profile`` prints one point; ``tosa-bench sweep``
+measures many and stores each as a record.
+
+Record units and conventions (every record says them in ``conventions``):
+
+- ``gmacs``: giga multiply-accumulates per image (fvcore + our handles, see flops.py);
+  ``gflops`` = 2 x gmacs. ``gmacs_analytic`` is the closed-form count (analytic.py).
+- ``params``: all parameters; ``params_method``: the method's own (ToSA selectors).
+- ``throughput_img_s``: images/s from the median step time of repeated timed batches
+  (after warm-up, device synchronised); ``_low``/``_high`` at the slowest/fastest step.
+- ``latency_ms_p50``/``_p90``: batch-1 forward, milliseconds.
+- ``peak_mem_mb``: MiB. On CUDA: ``torch.cuda.max_memory_allocated`` around one forward
+  (tensors only: weights, inputs, activations). On CPU: the rise of the process's
+  resident high-water mark over one forward (``/proc/self/clear_refs`` reset, VmHWM),
+  i.e. the forward's own activations and workspace. ``peak_mem_method`` names which.
+  NVML's per-process figure (CUDA context + allocator cache) is ``nvml_process_mib``,
+  never mixed into ``peak_mem_mb``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from tosa_bench.build import build_model
+from tosa_bench.measure.analytic import analytic_macs
+from tosa_bench.measure.flops import count_macs
+
+MAC_CONVENTION = "GMACs per image: fvcore multiply-accumulates + handles for SDPA/softmax/GELU; LayerNorm 5/elem; GFLOPs = 2 x GMACs"
+
+
+class NonFiniteOutput(RuntimeError):
+    """The model produced NaN/Inf: the point is recorded as an error, not measured."""
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; CUDA asked for on a
+    machine without one is a ``ValueError``."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device: {device!r} requested but no CUDA device is visible")
+    if not (device == "cpu" or device.startswith("cuda")):
+        raise ValueError(f"device: expected auto, cpu or cuda[:N], got {device!r}")
+    return device
+
+
+@dataclass(frozen=True)
+class Point:
+    """Identity of one measurement: everything that changes its numbers."""
+
+    model: str
+    variant: str
+    options: dict[str, Any] = field(default_factory=dict)
+    batch_size: int = 32
+    dtype: str = "fp32"
+    device: str = "cpu"
+    img_size: int | None = None
+    checkpoint: str | None = None
+    selector: str | None = None
+    compile: bool = False
+
+    def config(self) -> dict[str, Any]:
+        """Canonical JSON-able form (options sorted, lists for tuples)."""
+        d = asdict(self)
+        d["options"] = json.loads(json.dumps(self.options, sort_keys=True))
+        return d
+
+    def config_hash(self) -> str:
+        """Stable 16-hex-digit hash of :meth:`config`."""
+        blob = json.dumps(self.config(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How to measure (not part of a point's identity)."""
+
+    timing: bool = True
+    latency: bool = True
+    memory: bool = True
+    warmup: int = 10
+    repeats: int = 40
+    time_budget_s: float | None = None  # throughput phase; latency gets half of it
+
+
+def build_point_model(point: Point):
+    return build_model(point.model, point.variant, checkpoint=point.checkpoint, selector=point.selector, img_size=point.img_size, **point.options)
+
+
+def count_point(model, point: Point) -> dict[str, Any]:
+    """Parameters, MACs (counter and formula) and tokens per block, per image."""
+    cfg = model.cfg
+    size = cfg.img_size
+    counted = count_macs(model, torch.randn(1, 3, size, size))
+    counts = model.token_counts
+    formula = analytic_macs(cfg, model.reducer, counts)
+    per_block = [counted.by_module.get(f"blocks.{i}", 0) + counted.by_module.get(f"reducer.selectors.{i}", 0) for i in range(cfg.depth)]
+    params = sum(p.numel() for p in model.parameters())
+    params_method = sum(p.numel() for p in model.reducer.parameters())
+    return {
+        "params": params,
+        "params_method": params_method,
+        "params_backbone": params - params_method,
+        "gmacs": counted.gmacs,
+        "gflops": counted.gflops,
+        "gmacs_analytic": formula.gmacs,
+        "gmacs_per_block": [m / 1e9 for m in per_block],
+        "gmacs_method_outside_blocks": counted.by_module.get("reducer", 0) / 1e9 - sum(counted.by_module.get(f"reducer.selectors.{i}", 0) for i in range(cfg.depth)) / 1e9,
+        "tokens_per_block": [[t.attn, t.mlp] for t in counts],
+        "selector_tokens_per_block": [t.selector for t in counts],
+        "uncounted_ops": counted.uncounted_ops,
+        "img_size": size,
+    }
+
+
+def _check_finite(model, point: Point, device: str) -> None:
+    from tosa_bench.tasks.evaluate import resolve_autocast
+
+    amp = resolve_autocast(point.dtype, device)
+    x = torch.randn(min(point.batch_size, 2), 3, model.cfg.img_size, model.cfg.img_size, generator=torch.Generator().manual_seed(0)).to(device)
+    ctx = torch.autocast(device_type=torch.device(device).type, dtype=amp) if amp is not None else torch.autocast(device_type="cpu", enabled=False)
+    with torch.inference_mode(), ctx:
+        y = model(x)
+    if not torch.isfinite(y).all():
+        raise NonFiniteOutput(f"non-finite output (NaN/Inf) from {point.model}/{point.variant} in {point.dtype}")
+
+
+def _memory(model, point: Point, device: str) -> dict[str, Any]:
+    from tosa_bench.measure.memory import cpu_peak_rss, gpu_peak_tensor_memory, nvml_index_for_cuda_device, nvml_process_memory
+    from tosa_bench.tasks.evaluate import resolve_autocast
+
+    amp = resolve_autocast(point.dtype, device)
+    dev = torch.device(device)
+    x = torch.randn(point.batch_size, 3, model.cfg.img_size, model.cfg.img_size).to(dev)
+
+    def forward() -> None:
+        ctx = torch.autocast(device_type=dev.type, dtype=amp) if amp is not None else torch.autocast(device_type="cpu", enabled=False)
+        with torch.inference_mode(), ctx:
+            model(x)
+
+    if dev.type == "cuda":
+        gpu = gpu_peak_tensor_memory(forward, device=dev)
+        nvml = nvml_process_memory(nvml_index_for_cuda_device(dev.index or 0))
+        return {
+            "peak_mem_mb": gpu.value_mib,
+            "peak_mem_method": gpu.method + " (MiB, tensors only, incl. weights and inputs)",
+            "gpu_peak_alloc_mib": gpu.value_mib,
+            "nvml_process_mib": nvml.value_mib,
+            "nvml_reason": nvml.reason,
+            "cpu_peak_rss_mib": None,
+            "cpu_peak_reason": "measured on the GPU",
+        }
+    cpu = cpu_peak_rss(forward)
+    before = cpu.detail.get("rss_before_mib")
+    rise = cpu.value_mib - before if cpu.available and before is not None else None
+    return {
+        "peak_mem_mb": rise,
+        "peak_mem_method": cpu.method + " minus RSS before the forward (MiB)" if rise is not None else cpu.reason,
+        "gpu_peak_alloc_mib": None,
+        "nvml_process_mib": None,
+        "nvml_reason": "no CUDA device",
+        "cpu_peak_rss_mib": cpu.value_mib,
+        "cpu_peak_reason": cpu.reason,
+    }
+
+
+def measure_point(point: Point, settings: Settings = Settings(), stage: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Measure ``point``; returns the record fields (no status; the caller adds it).
+
+    ``stage`` is called with a short label before each phase (for progress display).
+    Raises ``NonFiniteOutput`` for NaN/Inf outputs and lets CUDA out-of-memory
+    propagate, so a sweep can record them per point.
+    """
+    stage = stage or (lambda _label: None)
+    device = resolve_device(point.device)
+    if settings.memory:
+        from tosa_bench.measure.memory import return_freed_memory_to_os
+
+        return_freed_memory_to_os()  # before any forward, so the CPU peak is the forward's own
+    stage("build")
+    model = build_point_model(point)
+    keep = point.options.get("keep")
+    record: dict[str, Any] = {
+        "model": point.model,
+        "variant": point.variant,
+        "keep": keep,
+        "options": point.config()["options"],
+        "resolved_options": json.loads(json.dumps(model.reducer.options())),
+        "batch_size": point.batch_size,
+        "dtype": point.dtype,
+        "device": device,
+        "checkpoint": point.checkpoint,
+        "selector": point.selector,
+        "compile": point.compile,
+        "conventions": {"gmacs": MAC_CONVENTION, "throughput": "images/s, median step", "latency": "ms, batch 1", "memory": "MiB"},
+    }
+    stage("count")
+    record.update(count_point(model, point))
+    model = model.to(device)
+    stage("check")
+    _check_finite(model, point, device)
+    record["threads"] = torch.get_num_threads()
+    if settings.timing:
+        from tosa_bench.measure.timing import measure_latency, measure_throughput
+
+        stage("throughput")
+        tp = measure_throughput(model, point.batch_size, model.cfg.img_size, device, point.dtype, settings.warmup, settings.repeats, settings.time_budget_s, point.compile)
+        record.update(
+            throughput_img_s=tp["images_per_s"],
+            throughput_img_s_low=tp["images_per_s_low"],
+            throughput_img_s_high=tp["images_per_s_high"],
+            step_ms_median=tp["step_time_s_median"] * 1e3,
+            step_ms_p10=tp["step_time_s_p10"] * 1e3,
+            step_ms_p90=tp["step_time_s_p90"] * 1e3,
+            timed_steps=tp["repeats"],
+            warmup_steps=tp["warmup_steps"],
+            timer=tp["timer"],
+        )
+        if settings.latency:
+            stage("latency")
+            half = settings.time_budget_s / 2 if settings.time_budget_s is not None else None
+            lat = measure_latency(model, model.cfg.img_size, device, point.dtype, settings.warmup, settings.repeats, half, point.compile)
+            record.update(latency_ms_p50=lat["latency_ms_p50"], latency_ms_p90=lat["latency_ms_p90"])
+    if settings.memory:
+        stage("memory")
+        record.update(_memory(model, point, device))
+    for key in ("throughput_img_s", "latency_ms_p50", "peak_mem_mb"):
+        record.setdefault(key, None)
+    if not settings.timing:
+        record["timing_reason"] = "not measured (--no-timing)"
+    if any(isinstance(v, float) and math.isnan(v) for v in (record.get("gmacs"), record.get("throughput_img_s"))):
+        raise NonFiniteOutput("a measurement came out NaN")
+    return record
