@@ -33,11 +33,13 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from tosa_bench.models.checkpoint import check_fit, read_state_dict
 
 __all__ = [
     "DepthBackbone",
@@ -242,48 +244,15 @@ def save_depth_checkpoint(model: nn.Module, path: str | Path) -> None:
         torch.save(state, path)
 
 
-def _read_state_dict(path: Path) -> Mapping[str, Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+def load_depth_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load a depth checkpoint (``backbone.*`` + ``head.*``) into ``model`` strictly.
 
-        return load_file(str(path), device="cpu")
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(obj, Mapping):
-        for key in ("model", "state_dict"):
-            if key in obj and isinstance(obj[key], Mapping):
-                return obj[key]
-        return obj
-    raise ValueError(f"{path}: expected a state dict (bare or under 'model'/'state_dict'), got {type(obj).__name__}")
-
-
-def load_depth_checkpoint(model: nn.Module, path: str | Path, max_listed: int = 8) -> nn.Module:
-    """Load a depth checkpoint into ``model`` strictly and return it.
-
-    Accepts ``.safetensors`` or a torch file (loaded with ``weights_only=True``) whose
-    state dict is bare or under ``"model"`` / ``"state_dict"``; a DDP ``module.`` prefix
-    is stripped. Any missing key, unexpected key or shape difference raises ``ValueError``
-    naming the first ``max_listed`` of each, so a head/backbone mix-up is obvious.
+    Read tensors-only like backbone checkpoints (``.safetensors``, or a torch file with
+    ``weights_only=True``, bare or under ``"model"``/``"state_dict"``, ``module.``
+    stripped); any missing or unexpected key or shape difference raises
+    ``CheckpointError`` (a ``ValueError``) naming the first of each.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    state = dict(_read_state_dict(path))
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in own
-        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
-    ]
-    if missing or unexpected or shapes:
-        parts = []
-        for title, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
-            if items:
-                more = f" (+{len(items) - max_listed} more)" if len(items) > max_listed else ""
-                parts.append(f"{title} ({len(items)}): {', '.join(items[:max_listed])}{more}")
-        raise ValueError(f"{path}: checkpoint does not match the model; " + "; ".join(parts))
+    state = read_state_dict(path)
+    check_fit(model.state_dict(), state, f"depth checkpoint {path} does not fit the depth model")
     model.load_state_dict(state, strict=True)
     return model
