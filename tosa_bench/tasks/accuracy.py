@@ -3,6 +3,7 @@ and the sweep's accuracy columns (dataset building + evaluation loop + weight lo
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -10,7 +11,7 @@ from torch import nn
 
 from tosa_bench.data.imagenet import build_imagenet, collate_skip_bad
 from tosa_bench.data.nyu import build_nyu
-from tosa_bench.tasks.depth_model import DepthModel, load_depth_checkpoint
+from tosa_bench.tasks.depth_model import DepthModel
 from tosa_bench.tasks.evaluate import evaluate_classification, evaluate_depth
 
 
@@ -35,13 +36,65 @@ def imagenet_accuracy(
     return result
 
 
-def depth_model(backbone: nn.Module, checkpoint: str | Path | None = None, features: int = 256) -> DepthModel:
-    """DPT-style depth model on ``backbone``; ``checkpoint`` holds ``backbone.*`` and
-    ``head.*`` tensors (``.pth`` tensors-only or ``.safetensors``)."""
-    model = DepthModel(backbone, features=features)
-    if checkpoint is not None:
-        load_depth_checkpoint(model, checkpoint)
+DEPTH_ALLOWED_PREFIX = "backbone.reducer."  # method weights: not required in a depth checkpoint
+
+
+@dataclass
+class DepthWeights:
+    """A validated depth checkpoint: its state dict and the DPT head shape read from it."""
+
+    path: str
+    state: dict[str, Any]
+    features: int
+    stage_channels: tuple[int, ...]
+    head_channels: int
+
+
+def depth_model_for(backbone: Any, weights: DepthWeights) -> Any:
+    """A DepthModel around ``backbone`` with the checkpoint's head and backbone weights.
+
+    The method's own weights (``backbone.reducer.*``: ToSA selectors) need not be in the
+    checkpoint: a depth model trained densely runs every variant, the selectors keeping
+    what the backbone was built with (``--selector`` weights or their initialisation).
+    Checkpoint entries for another variant's method weights are ignored. Anything else
+    missing, unexpected or of another shape raises ``CheckpointError``.
+    """
+    from tosa_bench.models.checkpoint import check_fit
+    from tosa_bench.tasks.depth_model import DepthModel
+
+    model = DepthModel(backbone, features=weights.features, stage_channels=list(weights.stage_channels),
+                       head_channels=weights.head_channels)
+    own = model.state_dict()
+    core_own = {k: v for k, v in own.items() if not k.startswith(DEPTH_ALLOWED_PREFIX)}
+    core_state = {k: v for k, v in weights.state.items() if not k.startswith(DEPTH_ALLOWED_PREFIX)}
+    check_fit(core_own, core_state, f"depth checkpoint {weights.path} does not fit {getattr(backbone, 'name', 'the model')}")
+    method = {k: v for k, v in weights.state.items() if k in own and k.startswith(DEPTH_ALLOWED_PREFIX) and v.shape == own[k].shape}
+    model.load_state_dict({**core_state, **method}, strict=False)
     return model.eval()
+
+
+def read_depth_weights(path: str) -> DepthWeights:
+    """Read a depth checkpoint and the head shape it implies; CheckpointError if it holds
+    no DPT head."""
+    from tosa_bench.models.checkpoint import CheckpointError, read_state_dict
+
+    state = read_state_dict(path)
+    try:
+        features = int(state["head.reassemble.0.to_features.weight"].shape[0])
+        stages = tuple(int(state[f"head.reassemble.{i}.project.weight"].shape[0]) for i in range(4))
+        head_channels = int(state["head.output.0.weight"].shape[0])
+    except KeyError as err:
+        raise CheckpointError(f"depth checkpoint {path}: no DPT depth head in it (missing {err.args[0]})") from None
+    return DepthWeights(path, state, features, stages, head_channels)
+
+
+def depth_model(backbone: nn.Module, checkpoint: str | Path | None = None) -> DepthModel:
+    """DPT-style depth model on ``backbone``: with ``checkpoint``, the head shape and all
+    weights come from it (:func:`read_depth_weights`, :func:`depth_model_for`); without,
+    a default head with random weights."""
+    if checkpoint is None:
+        return DepthModel(backbone).eval()
+    return depth_model_for(backbone, read_depth_weights(str(checkpoint)))
 
 
 def nyu_accuracy(

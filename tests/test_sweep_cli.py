@@ -1,0 +1,134 @@
+"""`tosa-bench sweep`, `report` and `merge` through typer's CliRunner (tiny models,
+tiny time budget)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from tosa_bench.cli import app
+from tosa_bench.sweep.store import read_records
+
+runner = CliRunner()
+FAST = ["--model", "test_tiny", "-b", "1", "--warmup", "1", "--repeats", "2", "--time-budget", "0.05",
+        "--no-latency", "--no-memory", "--device", "cpu"]
+
+
+def _ok(result):
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    res = _ok(runner.invoke(app, ["sweep", *FAST, "--variant", "dense", "--variant", "tosa", "--variant", "evit",
+                                  "--keep", "0.5", "--keep", "0.7", "--out", str(out)]))
+    return out, res
+
+
+def test_sweep_writes_store_and_prints_table(swept):
+    out, res = swept
+    recs = read_records(out / "records.jsonl").records
+    assert len(recs) == 5 and all(r["status"] == "ok" for r in recs)
+    assert {r["variant"] for r in recs} == {"dense", "tosa", "evit"}
+    for name in ("env.json", "suite.toml", "table.md", "table.csv"):
+        assert (out / name).is_file()
+    assert "speed-up (x)" in res.output and "results:" in res.output
+    assert json.loads((out / "env.json").read_text())["device"] == "cpu"
+
+
+@pytest.mark.parametrize("fmt,needle", [("md", "| method |"), ("latex", r"\begin{tabular}"), ("csv", "config_hash"), ("table", "throughput (im/s)")])
+def test_report_formats(swept, fmt, needle):
+    out, _ = swept
+    res = _ok(runner.invoke(app, ["report", str(out), "--format", fmt]))
+    assert needle in res.output
+
+
+def test_report_to_file(swept, tmp_path):
+    out, _ = swept
+    _ok(runner.invoke(app, ["report", str(out), "--format", "md", "--output", str(tmp_path / "t.md")]))
+    assert "GMACs" in (tmp_path / "t.md").read_text()
+
+
+def test_resume_of_a_complete_run_measures_nothing(swept):
+    out, _ = swept
+    res = _ok(runner.invoke(app, ["sweep", "--resume", str(out)]))
+    assert "5 points already ok" in res.output
+    assert len(read_records(out / "records.jsonl").records) == 5
+
+
+def test_shards_and_merge(tmp_path):
+    dirs = []
+    for i in (1, 2):
+        d = tmp_path / f"s{i}"
+        _ok(runner.invoke(app, ["sweep", *FAST, "--no-timing", "--variant", "dense", "--variant", "tosa",
+                                "--keep", "0.5", "--keep", "0.7", "--shard", f"{i}/2", "--out", str(d)]))
+        dirs.append(d)
+    counts = [len(read_records(d / "records.jsonl").records) for d in dirs]
+    assert sum(counts) == 3 and min(counts) >= 1
+    res = _ok(runner.invoke(app, ["merge", *map(str, dirs), "--out", str(tmp_path / "m")]))
+    assert "3 of 3 grid points" in res.output
+    assert len(read_records(tmp_path / "m" / "records.jsonl").records) == 3
+    res = runner.invoke(app, ["merge", str(dirs[0]), "--out", str(tmp_path / "m2")])
+    assert res.exit_code == 0 and "no record" in res.output
+
+
+def test_dry_run_lists_the_grid(tmp_path):
+    res = _ok(runner.invoke(app, ["sweep", *FAST, "--keep", "0.5", "--match", "gmacs", "--dry-run", "--out", str(tmp_path / "x")]))
+    assert "5 points" in res.output
+    assert not (tmp_path / "x").exists()
+
+
+def test_suite_file_through_cli(tmp_path):
+    suite = tmp_path / "s.toml"
+    suite.write_text('[suite]\nname = "mini"\n[grid]\nmodels = ["test_tiny"]\nvariants = ["dense", "random"]\n'
+                     'keeps = [0.5]\nbatch_size = 1\ndevices = ["cpu"]\n[measure]\ntiming = false\nmemory = false\n')
+    _ok(runner.invoke(app, ["sweep", "--suite", str(suite), "--results", str(tmp_path / "results")]))
+    (run,) = (tmp_path / "results").iterdir()
+    assert run.name.endswith("-mini") and len(read_records(run / "records.jsonl").records) == 2
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--keep", "2"], "--keep"),
+    (["--model", "nope"], "--model"),
+    (["--shard", "3/2"], "shard"),
+    (["--checkpoint", "/does/not/exist.pth"], "no such file"),
+    (["--dtype", "fp16", "--device", "cpu"], "fp16"),
+    (["--placement", "1,99"], "placement"),
+])
+def test_bad_input_exits_2_with_one_line(tmp_path, args, needle):
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["sweep", *FAST, *args, "--out", str(out)])
+    assert res.exit_code == 2, res.output
+    assert "error:" in res.output and needle in res.output and "Traceback" not in res.output
+    assert not (out / "records.jsonl").exists()
+
+
+def test_malformed_suite_names_file_and_key(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[grid]\nkeeps = [0.5, \"x\"]\n")
+    res = runner.invoke(app, ["sweep", "--suite", str(bad), "--out", str(tmp_path / "run")])
+    assert res.exit_code == 2 and str(bad) in res.output and "grid.keeps" in res.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_refuses_grid_options_and_unknown_dirs(tmp_path, swept):
+    out, _ = swept
+    res = runner.invoke(app, ["sweep", "--resume", str(out), "--keep", "0.3"])
+    assert res.exit_code == 2 and "--resume" in res.output
+    res = runner.invoke(app, ["sweep", "--resume", str(tmp_path / "nothing")])
+    assert res.exit_code == 2 and "not found" in res.output
+
+
+def test_existing_out_dir_needs_resume(swept):
+    out, _ = swept
+    res = runner.invoke(app, ["sweep", *FAST, "--out", str(out)])
+    assert res.exit_code == 2 and "--resume" in res.output
+
+
+def test_report_of_missing_dir(tmp_path):
+    res = runner.invoke(app, ["report", str(tmp_path / "nope")])
+    assert res.exit_code == 2 and "error:" in res.output

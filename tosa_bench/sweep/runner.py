@@ -1,0 +1,195 @@
+"""Measure the points of a sweep one by one and record each as soon as it finishes.
+
+The measuring function is injectable (default :func:`tosa_bench.measure.point.measure_point`)
+so the store, resume and shard logic can be tested without real measurement.
+
+Per point:
+
+- success -> status ``ok`` with the measured fields (and accuracy fields);
+- ``torch.OutOfMemoryError`` -> status ``oom`` (the CUDA cache is emptied, the sweep goes on);
+- ``NonFiniteOutput`` or any other exception -> status ``error`` with ``error`` = the
+  exception's type and first line (``error_traceback``: the last lines of the traceback);
+- ``KeyboardInterrupt`` (and SystemExit) propagate: the point in flight is not recorded,
+  every earlier one already is (resume with ``--resume``).
+
+Every record carries: ``config_hash``, ``status``, ``error``, ``config`` (the full
+``Point.config()``), the point's identity fields at top level (model, variant, options,
+keep, batch_size, dtype, device, img_size, checkpoint, selector, compile), the grid labels
+(``grid_keeps``, ``placement_label``, ``match``), ``settings`` (the Settings used),
+``run_id``, ``session`` (start of the session, UTC), ``time_utc`` (when the point finished),
+``elapsed_s`` (wall time of the point, seconds), the measured fields of measure_point and
+the accuracy fields (:mod:`.accuracy`).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Protocol, Sequence
+
+from tosa_bench.measure.point import NonFiniteOutput, Point, Settings
+from tosa_bench.sweep.accuracy import ACCURACY_FIELDS
+from tosa_bench.sweep.grid import GridPoint
+from tosa_bench.sweep.match import model_config
+from tosa_bench.sweep.store import RunStore
+
+MeasureFn = Callable[[Point, Settings, Callable[[str], None]], dict[str, Any]]
+AccuracyFn = Callable[[Point, Callable[[str], None]], dict[str, Any]]
+
+
+class Progress(Protocol):
+    """What the runner reports while it works (the CLI draws a rich progress bar)."""
+
+    def start(self, index: int, total: int, gp: GridPoint) -> None: ...
+    def stage(self, label: str) -> None: ...
+    def done(self, record: dict[str, Any]) -> None: ...
+
+
+class _Silent:
+    def start(self, index: int, total: int, gp: GridPoint) -> None:
+        pass
+
+    def stage(self, label: str) -> None:
+        pass
+
+    def done(self, record: dict[str, Any]) -> None:
+        pass
+
+
+@dataclass
+class RunSummary:
+    """Counts of one session: points ``measured`` now, ``skipped`` (already ok), and per status."""
+
+    total: int = 0
+    skipped: int = 0
+    measured: int = 0
+    status: dict[str, int] = field(default_factory=dict)
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _oom_type() -> tuple[type[BaseException], ...]:
+    import torch
+
+    types: list[type[BaseException]] = []
+    for t in (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None)):
+        if isinstance(t, type) and t not in types:
+            types.append(t)
+    return tuple(types)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def base_record(gp: GridPoint, settings: Settings, run_id: str, session: str) -> dict[str, Any]:
+    """The fields every record has, whatever happened to the point."""
+    cfg = gp.point.config()
+    return {
+        "config_hash": gp.hash,
+        "status": None,
+        "error": None,
+        "model": cfg["model"],
+        "variant": cfg["variant"],
+        "keep": cfg["options"].get("keep"),
+        "options": cfg["options"],
+        "batch_size": cfg["batch_size"],
+        "dtype": cfg["dtype"],
+        "device": cfg["device"],
+        "img_size": model_config(cfg["model"], cfg["img_size"]).img_size,  # effective side, px
+        "checkpoint": cfg["checkpoint"],
+        "selector": cfg["selector"],
+        "compile": cfg["compile"],
+        **gp.labels(),
+        "config": cfg,
+        "settings": asdict(settings),
+        "run_id": run_id,
+        "session": session,
+    }
+
+
+def measure_one(
+    gp: GridPoint,
+    settings: Settings,
+    measure: MeasureFn,
+    accuracy: AccuracyFn | None,
+    stage: Callable[[str], None],
+    run_id: str = "",
+    session: str = "",
+) -> dict[str, Any]:
+    """Measure one point and return its complete record (never raises for a point's own
+    failure; see module docstring)."""
+    record = base_record(gp, settings, run_id, session)
+    t0 = time.perf_counter()
+    phase = "measure"
+    try:
+        fields = measure(gp.point, settings, stage)
+        record.update({k: v for k, v in fields.items() if k not in ("status", "error", "config_hash")})
+        phase = "accuracy"
+        if accuracy is not None:
+            record.update(accuracy(gp.point, stage))
+        else:
+            record.update({k: None for k in ACCURACY_FIELDS})
+            record["accuracy_reason"] = "no --imagenet or --nyu given"
+        record["status"] = "ok"
+    except _oom_type() as err:
+        record.update(status="oom", error=f"{phase}: {_first_line(err)}")
+    except NonFiniteOutput as err:
+        record.update(status="error", error=f"{phase}: {_first_line(err)}")
+    except Exception as err:  # one point's failure must not stop the sweep
+        record.update(status="error", error=f"{phase}: {_first_line(err)}",
+                      error_traceback="".join(traceback.format_exception(err)[-6:]))
+    if record["status"] != "ok":
+        _free_cuda()  # after the except blocks: their tracebacks no longer pin tensors
+    record["time_utc"] = _now()
+    record["elapsed_s"] = time.perf_counter() - t0
+    return record
+
+
+def _free_cuda() -> None:
+    try:
+        import gc
+
+        import torch
+
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:
+        pass
+
+
+def run_points(
+    points: Sequence[GridPoint],
+    store: RunStore,
+    settings: Settings,
+    measure: MeasureFn | None = None,
+    accuracy: AccuracyFn | None = None,
+    progress: Progress | None = None,
+    run_id: str = "",
+) -> RunSummary:
+    """Measure every point of ``points`` whose latest record in ``store`` is not ``ok``,
+    appending each record (fsync'd) as it finishes."""
+    if measure is None:
+        from tosa_bench.measure.point import measure_point as measure
+    progress = progress or _Silent()
+    store.open_for_append()
+    done = store.ok_hashes()
+    todo = [gp for gp in points if gp.hash not in done]
+    summary = RunSummary(total=len(points), skipped=len(points) - len(todo))
+    session = _now()
+    for i, gp in enumerate(todo):
+        progress.start(i, len(todo), gp)
+        record = measure_one(gp, settings, measure, accuracy, progress.stage, run_id, session)
+        store.append(record)
+        summary.measured += 1
+        summary.status[record["status"]] = summary.status.get(record["status"], 0) + 1
+        summary.records.append(record)
+        progress.done(record)
+    return summary
