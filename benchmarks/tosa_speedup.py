@@ -30,7 +30,7 @@ from tosa_bench.measure.env import environment_record
 from tosa_bench.measure.flops import count_macs
 from tosa_bench.measure.point import resolve_device
 from tosa_bench.measure.timing import default_timer, measure
-from tosa_bench.tasks.evaluate import resolve_autocast
+from tosa_bench.precision import autocast
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
 
     device = resolve_device(a.device)
-    amp = resolve_autocast(a.dtype, device)
+    autocast(a.dtype, device)  # validate before any work
     torch.manual_seed(0)
     dense = build_model(a.model)
     tosa = build_model(a.model, "tosa", keep=a.keep, placement=a.placement, importance=a.importance)
@@ -60,11 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     models = {"dense": dense.to(device), "tosa": tosa.to(device)}
     images = torch.randn(a.batch_size, 3, size, size, device=device)
     timer = default_timer(torch.device(device))
-    ctx = (lambda: torch.autocast(device_type=torch.device(device).type, dtype=amp)) if amp is not None else (lambda: torch.autocast(device_type="cpu", enabled=False))
 
     def step_of(model):
         def step() -> None:
-            with torch.inference_mode(), ctx():
+            with torch.inference_mode(), autocast(a.dtype, device):
                 model(images)
 
         return step

@@ -47,7 +47,7 @@ def eval_command(
     from tosa_bench.methods.natural import natural_options
     from tosa_bench.models.configs import get_config
     from tosa_bench.tasks.accuracy import depth_model, imagenet_accuracy, nyu_accuracy
-    from tosa_bench.tasks.evaluate import resolve_autocast
+    from tosa_bench.precision import resolve_autocast
 
     dev = resolve_device(device)
     resolve_autocast(dtype.value, dev)

@@ -45,7 +45,7 @@ def profile_command(
     from tosa_bench.measure.point import Point, Settings, measure_point, resolve_device
     from tosa_bench.methods.natural import natural_options
     from tosa_bench.models.configs import get_config
-    from tosa_bench.tasks.evaluate import resolve_autocast
+    from tosa_bench.precision import resolve_autocast
 
     resolved = resolve_device(device)
     resolve_autocast(dtype.value, resolved)  # fp16 on CPU etc. fails here, before any work
@@ -65,7 +65,7 @@ def profile_command(
             bar.update(task, description=f"{model} / {variant.value}: per-block time")
             m = build_model(point.model, point.variant, checkpoint=point.checkpoint, selector=point.selector, **point.options).to(resolved)
             x = torch.randn(batch_size, 3, cfg.img_size, cfg.img_size, device=resolved)
-            shares = block_time_shares(m, x, passes=1 if resolved == "cpu" else 5, amp=resolve_autocast(dtype.value, resolved))
+            shares = block_time_shares(m, x, passes=1 if resolved == "cpu" else 5, dtype=dtype.value)
             record["time_share_per_block"] = shares["per_block"]
     record["config_hash"] = point.config_hash()
     env = environment_record(device=resolved)

@@ -17,8 +17,10 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from tosa_bench.precision import autocast
 
-def block_time_shares(model: nn.Module, images: Tensor, passes: int = 2, amp: torch.dtype | None = None, clock: Callable[[], float] = time.perf_counter) -> dict[str, object]:
+
+def block_time_shares(model: nn.Module, images: Tensor, passes: int = 2, dtype: str = "fp32", clock: Callable[[], float] = time.perf_counter) -> dict[str, object]:
     """Run ``passes`` forwards (after one untimed) and return
     ``{"per_block": [share, ...], "other": share, "forward_s": median-free mean seconds}``
     with shares of the total forward time (0..1)."""
@@ -46,9 +48,8 @@ def block_time_shares(model: nn.Module, images: Tensor, passes: int = 2, amp: to
             watch(i, part)
     for name, sel in getattr(model.reducer, "selectors", {}).items():
         watch(int(name), sel)
-    ctx = (lambda: torch.autocast(device_type=device.type, dtype=amp)) if amp is not None else (lambda: torch.autocast(device_type=device.type, enabled=False))
     try:
-        with torch.inference_mode(), ctx():
+        with torch.inference_mode(), autocast(dtype, device):
             model(images)
             spent.clear()
             sync()

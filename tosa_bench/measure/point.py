@@ -31,6 +31,7 @@ import torch
 from tosa_bench.build import build_model
 from tosa_bench.measure.analytic import analytic_macs
 from tosa_bench.measure.flops import count_macs
+from tosa_bench.precision import autocast
 
 MAC_CONVENTION = "GMACs per image: fvcore multiply-accumulates + handles for SDPA/softmax/GELU; LayerNorm 5/elem; GFLOPs = 2 x GMACs"
 
@@ -121,12 +122,8 @@ def count_point(model, point: Point) -> dict[str, Any]:
 
 
 def _check_finite(model, point: Point, device: str) -> None:
-    from tosa_bench.tasks.evaluate import resolve_autocast
-
-    amp = resolve_autocast(point.dtype, device)
     x = torch.randn(min(point.batch_size, 2), 3, model.cfg.img_size, model.cfg.img_size, generator=torch.Generator().manual_seed(0)).to(device)
-    ctx = torch.autocast(device_type=torch.device(device).type, dtype=amp) if amp is not None else torch.autocast(device_type="cpu", enabled=False)
-    with torch.inference_mode(), ctx:
+    with torch.inference_mode(), autocast(point.dtype, device):
         y = model(x)
     if not torch.isfinite(y).all():
         raise NonFiniteOutput(f"non-finite output (NaN/Inf) from {point.model}/{point.variant} in {point.dtype}")
@@ -134,15 +131,11 @@ def _check_finite(model, point: Point, device: str) -> None:
 
 def _memory(model, point: Point, device: str) -> dict[str, Any]:
     from tosa_bench.measure.memory import cpu_peak_rss, gpu_peak_tensor_memory, nvml_index_for_cuda_device, nvml_process_memory
-    from tosa_bench.tasks.evaluate import resolve_autocast
-
-    amp = resolve_autocast(point.dtype, device)
     dev = torch.device(device)
     x = torch.randn(point.batch_size, 3, model.cfg.img_size, model.cfg.img_size).to(dev)
 
     def forward() -> None:
-        ctx = torch.autocast(device_type=dev.type, dtype=amp) if amp is not None else torch.autocast(device_type="cpu", enabled=False)
-        with torch.inference_mode(), ctx:
+        with torch.inference_mode(), autocast(point.dtype, dev):
             model(x)
 
     if dev.type == "cuda":

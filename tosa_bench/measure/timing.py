@@ -14,7 +14,6 @@ tested on a fake clock without a GPU.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import statistics
 import time
@@ -22,6 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence
 
 import torch
+
+from tosa_bench.precision import autocast, resolve_autocast
 from torch import nn
 
 __all__ = [
@@ -34,11 +35,7 @@ __all__ = [
     "measure",
     "measure_throughput",
     "measure_latency",
-    "DTYPES",
 ]
-
-DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
 
 class StepTimer(Protocol):
     """Runs one step and returns how long it took, in seconds, device work included."""
@@ -279,21 +276,6 @@ def measure(
     )
 
 
-def _autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
-    """Autocast context for ``dtype`` on ``device``; fp32 runs without autocast.
-
-    fp16 is refused on the CPU (ValueError): the suite measures CPU inference in fp32 or
-    bf16 only, and half precision is a GPU setting.
-    """
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-    if dtype == "fp32":
-        return contextlib.nullcontext()
-    if device.type == "cpu" and dtype == "fp16":
-        raise ValueError("dtype 'fp16' is not supported on the CPU; use 'fp32' or 'bf16'")
-    return torch.autocast(device_type=device.type, dtype=DTYPES[dtype])
-
-
 def _image_hw(img_size: int | Sequence[int]) -> tuple[int, int]:
     if isinstance(img_size, int):
         return img_size, img_size
@@ -314,7 +296,7 @@ def _run(
     timer: StepTimer | None,
 ) -> tuple[TimingStats, dict[str, Any]]:
     dev = torch.device(device)
-    autocast = _autocast(dev, dtype)  # validates dtype before any work
+    resolve_autocast(dtype, dev)  # validates dtype before any work
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     h, w = _image_hw(img_size)
@@ -324,7 +306,7 @@ def _run(
     images = torch.randn(batch_size, 3, h, w, generator=gen).to(dev)
 
     def step() -> None:
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), autocast(dtype, dev):
             runner(images)
 
     if compile:

@@ -77,7 +77,7 @@ def _checked(point: Point) -> Point:
 
 
 def _check_dtype(dtype: str, device: str) -> None:
-    from tosa_bench.tasks.evaluate import resolve_autocast
+    from tosa_bench.precision import resolve_autocast
 
     try:
         resolve_autocast(dtype, device)

@@ -28,41 +28,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from tosa_bench.precision import autocast, resolve_autocast
 from tosa_bench.tasks.metrics import ClassificationAccumulator, DepthAccumulator
 
 __all__ = ["evaluate_classification", "evaluate_depth", "resolve_autocast"]
-
-_DTYPES = {
-    "fp32": None, "float32": None, "float": None,
-    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
-    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-}
-
-
-def resolve_autocast(dtype: str | torch.dtype, device: torch.device | str) -> torch.dtype | None:
-    """Map a precision name to the autocast dtype (None = plain fp32) for ``device``.
-
-    Raises ValueError for an unknown name and for fp16 on a CPU (CPU fp16 autocast is
-    slow, partial and not what a GPU fp16 number means).
-    """
-    device = torch.device(device)
-    if isinstance(dtype, torch.dtype):
-        key = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, str(dtype))
-    else:
-        key = str(dtype).lower()
-    if key not in _DTYPES:
-        raise ValueError(f"dtype: unknown precision {dtype!r}; use fp32, fp16 or bf16")
-    amp = _DTYPES[key]
-    if amp is torch.float16 and device.type == "cpu":
-        raise ValueError("dtype: fp16 autocast is not supported on CPU here; use fp32 or bf16 on CPU, fp16 on CUDA")
-    return amp
-
-
-def _autocast(device: torch.device, amp: torch.dtype | None) -> contextlib.AbstractContextManager:
-    if amp is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=amp)
-
 
 def _loader(
     dataset: Dataset,
@@ -149,7 +118,7 @@ def evaluate_classification(
         ``dtype`` and ``device`` (strings, for the record).
     """
     device = torch.device(device)
-    amp = resolve_autocast(dtype, device)
+    resolve_autocast(dtype, device)  # fail before any work
     loader = _loader(dataset, batch_size, device, num_workers, collate_fn, limit)
     acc = ClassificationAccumulator()
     n_unreadable = 0
@@ -161,7 +130,7 @@ def evaluate_classification(
                 continue
             images = images.to(device, non_blocking=True)
             labels = torch.as_tensor(labels).to(device, non_blocking=True)
-            with _autocast(device, amp):
+            with autocast(dtype, device):
                 logits = model(images)
             acc.update(logits.float(), labels)
     out: dict[str, Any] = acc.compute()
@@ -210,7 +179,7 @@ def evaluate_depth(
         ``collate_fn``), ``dtype`` and ``device``.
     """
     device = torch.device(device)
-    amp = resolve_autocast(dtype, device)
+    resolve_autocast(dtype, device)  # fail before any work
     loader = _loader(dataset, batch_size, device, num_workers, collate_fn, limit)
     acc = DepthAccumulator(eigen_crop=eigen_crop)
     patch = getattr(model, "patch_size", None)
@@ -230,7 +199,7 @@ def evaluate_depth(
             size = tuple(input_size) if input_size is not None else _round_to_patch(gt_size, patch)
             if tuple(images.shape[-2:]) != size:
                 images = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
-            with _autocast(device, amp):
+            with autocast(dtype, device):
                 pred = model(images)
             pred = pred.float()
             if pred.ndim == 3:
