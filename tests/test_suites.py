@@ -123,3 +123,15 @@ def test_overrides_are_validated_with_option_names():
     s = Suite(points=5).with_overrides(models=("test_tiny",))
     assert s.models == ("test_tiny",) and s.points is None
     assert Suite(points=5).with_overrides(keeps=(0.5,)).points == 5  # unchanged grid keeps its size
+
+
+def test_importance_rule_reaches_tosa_points_only(tmp_path):
+    path = tmp_path / "imp.toml"
+    path.write_text('[grid]\nmodels = ["test_tiny"]\nvariants = ["tosa", "random"]\nkeeps = [0.5]\nimportance = "cls"\ndevices = ["cpu"]\n')
+    points = {p.point.variant: p.point.options for p in expand(load_suite(path))}
+    assert points["tosa"]["importance"] == "cls" and "importance" not in points["random"]
+    default = {p.point.variant: p.point.options for p in expand(Suite(models=("test_tiny",), variants=("tosa",), devices=("cpu",)))}
+    assert "importance" not in default["tosa"], "the default rule leaves config hashes unchanged"
+    path.write_text('[grid]\nimportance = "max"\n')
+    with pytest.raises(SuiteError, match="grid.importance"):
+        load_suite(path)

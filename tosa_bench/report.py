@@ -99,6 +99,8 @@ def _setting(r: dict[str, Any]) -> str:
         parts.append(f"keep {o.get('keep')} @ {place}")
         if v == "random":
             parts.append(f"seed {o.get('seed', 0)}")
+        if o.get("importance", "mean") != "mean":
+            parts.append(f"importance {o['importance']}")
         if r.get("selector"):
             parts.append("trained selectors")
     elif v == "tome":

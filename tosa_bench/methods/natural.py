@@ -1,7 +1,8 @@
 """What one ``--keep`` value means for each variant (its "natural" mapping), shared by
 ``tosa-bench profile`` and ``tosa-bench sweep``.
 
-- tosa, random: ``keep`` is the share of patch tokens that run each selected block.
+- tosa, random: ``keep`` is the share of patch tokens that run each selected block
+  (tosa also takes ``importance``: "mean", the default, or "cls").
 - evit: ``keep`` is EViT's keep rate at each of its pruning blocks (it compounds).
 - tome: ``r = round((1 - keep) * (N - 1) / L)`` tokens merged per block, so that about
   ``keep`` of the patch tokens are left after the last block (keep 0.5 on DeiT-S/224:
@@ -34,6 +35,7 @@ def natural_options(
     evit_locations: Sequence[int] | None = None,
     fuse: bool = True,
     seed: int = 0,
+    importance: str | None = None,
 ) -> dict[str, Any]:
     """build_model options for ``variant`` at ``keep`` (None: the variant's default keep,
     0.5 for tosa/random/tome, 0.7 for evit)."""
@@ -43,6 +45,8 @@ def natural_options(
             opts["placement"] = placement
         if variant == "random":
             opts["seed"] = seed
+        elif importance is not None and importance != "mean":
+            opts["importance"] = importance  # "mean" is the default: left out so hashes stay put
         return opts
     if variant == "tome":
         return {"r": tome_r if tome_r is not None else tome_r_for_keep(0.5 if keep is None else keep, cfg)}

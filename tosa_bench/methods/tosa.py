@@ -200,6 +200,7 @@ class ToSAReducer(TokenReducer):
         super().bind(cfg)
         self.placement = parse_placement(self.placement_spec, cfg.depth)
         if self.uses_maps:
+            self.selector_hidden = 2 * cfg.num_heads if self.selector_hidden is None else self.selector_hidden
             self.selectors = nn.ModuleDict(
                 {str(i): TokenSelector(cfg.num_heads, self.selector_hidden, self.selector_kernel) for i in self.placement}
             )

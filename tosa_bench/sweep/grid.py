@@ -133,13 +133,13 @@ def expand(suite: Suite) -> list[GridPoint]:
                     for keep in suite.keeps:
                         target = None
                         if suite.match == "gmacs":
-                            tosa_opts = natural_options("tosa", keep, cfg, placement=_placement_option(placements[0]))
+                            tosa_opts = natural_options("tosa", keep, cfg, placement=_placement_option(placements[0]), importance=suite.importance)
                             _checked(Point(variant="tosa", options=tosa_opts, **base))
                             target = analytic_gmacs(model, "tosa", tosa_opts, suite.img_size)
                         for variant in suite.variants:
                             if variant in ("tosa", "random"):
                                 for p in placements:
-                                    opts = natural_options(variant, keep, cfg, placement=_placement_option(p), seed=suite.seed)
+                                    opts = natural_options(variant, keep, cfg, placement=_placement_option(p), seed=suite.seed, importance=suite.importance)
                                     add(GridPoint(point(variant, opts), (keep,), placement_label(p)))
                             elif variant == "tome" and not suite.tome_r:
                                 if target is None:

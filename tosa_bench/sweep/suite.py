@@ -21,6 +21,7 @@ which are the default run ``tosa-bench sweep``, also shipped as ``suites/quick.t
     img_size = 224              # optional input side in pixels (default: the model's)
     match = "none"              # "gmacs": ToMe/EViT at ToSA's GMACs (match.py)
     seed = 0                    # seed of the random control
+    importance = "mean"         # ToSA importance rule: "mean" (heads and queries) or "cls"
     compile = false             # torch.compile the measured model
 
     [weights]                   # a path for every model, or a table model -> path
@@ -60,6 +61,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from tosa_bench.measure.point import Settings
+from tosa_bench.methods.tosa import IMPORTANCE_RULES
 
 VARIANT_NAMES = ("dense", "tosa", "tome", "evit", "random")
 DTYPE_NAMES = ("fp32", "fp16", "bf16")
@@ -97,6 +99,7 @@ class Suite:
     img_size: int | None = None
     match: str = "none"
     seed: int = 0
+    importance: str = "mean"
     compile: bool = False
     # weights: model name or "*" (every model) -> path
     checkpoint: Mapping[str, str] = field(default_factory=dict)
@@ -147,7 +150,7 @@ _FIELD_NAMES = {f.name for f in fields(Suite)}
 SCHEMA: dict[str, tuple[str, ...]] = {
     "suite": ("name", "description", "points"),
     "grid": ("models", "variants", "keeps", "placements", "tome_r", "evit_locations", "batch_size",
-             "dtypes", "devices", "img_size", "match", "seed", "compile"),
+             "dtypes", "devices", "img_size", "match", "seed", "importance", "compile"),
     "weights": ("checkpoint", "selector", "depth_checkpoint"),
     "data": ("imagenet", "nyu", "limit", "eval_batch_size", "num_workers", "depth_input"),
     "measure": ("timing", "latency", "memory", "warmup", "repeats", "time_budget_s"),
@@ -173,7 +176,7 @@ CLI_NAMES = {
     "grid.models": "--model", "grid.variants": "--variant", "grid.keeps": "--keep", "grid.placements": "--placement",
     "grid.tome_r": "--tome-r", "grid.evit_locations": "--evit-loc", "grid.batch_size": "--batch-size",
     "grid.dtypes": "--dtype", "grid.devices": "--device", "grid.img_size": "--img-size", "grid.match": "--match",
-    "grid.seed": "--seed", "weights.checkpoint": "--checkpoint", "weights.selector": "--selector",
+    "grid.seed": "--seed", "grid.importance": "--importance", "weights.checkpoint": "--checkpoint", "weights.selector": "--selector",
     "weights.depth_checkpoint": "--depth-checkpoint", "data.imagenet": "--imagenet", "data.nyu": "--nyu",
     "data.limit": "--limit", "data.eval_batch_size": "--eval-batch-size", "data.num_workers": "--workers",
     "measure.warmup": "--warmup", "measure.repeats": "--repeats", "measure.time_budget_s": "--time-budget",
@@ -337,6 +340,10 @@ def from_dict(doc: Mapping[str, Any], source: str = "suite", base_dir: Path | No
         elif key == "match":
             if v not in MATCH_MODES:
                 raise ctx.fail(name, f"one of {', '.join(MATCH_MODES)}", v)
+            out[key] = v
+        elif key == "importance":
+            if v not in IMPORTANCE_RULES:
+                raise ctx.fail(name, f"one of {', '.join(IMPORTANCE_RULES)}", v)
             out[key] = v
         elif key in ("seed", "num_workers", "warmup"):
             out[key] = _int(ctx, name, v, 0)
