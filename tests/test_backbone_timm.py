@@ -19,7 +19,7 @@ from tosa_bench.models.checkpoint import CheckpointError, load_backbone, read_st
 from tosa_bench.models.vit import resize_pos_embed  # noqa: E402
 
 
-@pytest.fixture(scope="module", params=["deit_tiny_patch16_224", "deit_small_patch16_224"])
+@pytest.fixture(scope="module", params=["deit_tiny_patch16_224", "deit_small_patch16_224", "vit_base_patch16_224"])
 def timm_pair(request):
     torch.manual_seed(0)
     ref = timm.create_model(request.param, pretrained=False).eval()

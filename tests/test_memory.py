@@ -212,7 +212,8 @@ def test_cpu_peak_real_proc_sees_a_transient_allocation() -> None:
     big = 96 * MIB
 
     def run() -> None:
-        buf = bytearray(big)  # zero-filled: pages are touched
+        buf = bytearray(big)  # a fresh mmap may stay untouched zero pages: write every page
+        buf[::4096] = b"\x01" * len(range(0, big, 4096))
         del buf
 
     r = cpu_peak_rss(run)

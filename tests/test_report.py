@@ -95,3 +95,14 @@ def test_empty_run_is_an_error(tmp_path):
         render(load_run(plan.store.path), "md")
     with pytest.raises(ValueError, match="not found"):
         load_run(tmp_path / "nowhere")
+
+
+def test_speedup_prefers_the_paired_ratio():
+    recs = []
+    for variant, tp, paired in (("dense", 10.0, None), ("tosa", 30.0, 1.2), ("tome", 15.0, None)):
+        recs.append({"config_hash": variant, "status": "ok", "model": "m", "variant": variant, "batch_size": 8,
+                     "dtype": "fp32", "device": "cpu", "img_size": 224, "grid_keeps": [] if variant == "dense" else [0.5],
+                     "params": 1e6, "gmacs": 1.0, "throughput_img_s": tp, "speedup_paired": paired, "options": {}})
+    df = frame(recs).set_index("variant")
+    assert df.loc["tosa", "speedup"] == pytest.approx(1.2)  # timed against its dense twin, not 30/10
+    assert df.loc["tome", "speedup"] == pytest.approx(1.5)  # no pairing: ratio of separately timed rows

@@ -229,3 +229,24 @@ def test_compile_forces_a_warmup_step(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_measure_throughput_on_gpu() -> None:
     r = measure_throughput(Tiny(), 8, 32, "cuda", dtype="fp16", warmup=2, repeats=5)
     assert r["timer"] == "cuda_events" and r["images_per_s"] > 0
+
+
+def test_paired_rounds_alternate_and_cancel_drift() -> None:
+    from tosa_bench.measure.timing import measure_paired
+
+    order: list[str] = []
+    # The machine slows down 2x after the first round; B is always 1.25x faster than A.
+    durations = [9, 1.0, 1.0, 9, 0.8, 0.8, 2.0, 2.0, 1.6, 1.6, 2.0, 2.0, 1.6, 1.6]
+    timer = FakeTimer(durations)
+    pair = measure_paired(lambda: order.append("a"), lambda: order.append("b"), timer, warmup=1, steps_per_round=2, max_rounds=3)
+    assert "".join(order) == "aaabbbaabbaabb"  # warm-up + 2 timed each, then alternating pairs
+    assert pair.a.repeats == pair.b.repeats == 6 and pair.a.warmup_steps == 1
+    assert pair.round_ratios == pytest.approx((1.25, 1.25, 1.25))
+    assert pair.speedup == pytest.approx(1.25)
+
+
+def test_paired_budget_keeps_min_rounds() -> None:
+    from tosa_bench.measure.timing import measure_paired
+
+    pair = measure_paired(lambda: None, lambda: None, FakeTimer([1.0] * 100), warmup=0, steps_per_round=1, max_rounds=10, min_rounds=2, time_budget_s=0.5)
+    assert len(pair.round_ratios) == 2 and pair.a.stopped_by_budget

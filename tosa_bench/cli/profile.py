@@ -100,6 +100,8 @@ def _print_tables(r: dict, env: dict) -> None:
         s.add_row("throughput", f"{r['throughput_img_s']:.1f} images/s (median of {r['timed_steps']} steps; {r['throughput_img_s_low']:.1f}-{r['throughput_img_s_high']:.1f} slowest-fastest)")
     else:
         s.add_row("throughput", r.get("timing_reason", "not measured"))
+    if r.get("speedup_paired") is not None:
+        s.add_row("vs dense", f"{r['speedup_paired']:.2f}x speed-up (dense {r['dense_throughput_img_s_paired']:.1f} images/s, {r['pair_rounds']} alternating rounds, per-round {r['speedup_paired_min']:.2f}-{r['speedup_paired_max']:.2f}x); ideal from GMACs {r['speedup_ideal']:.2f}x, so {r['speedup_efficiency']:.0%} of it")
     if r.get("latency_ms_p50") is not None:
         s.add_row("latency (batch 1)", f"{r['latency_ms_p50']:.2f} ms median, {r['latency_ms_p90']:.2f} ms p90")
     mem = r.get("peak_mem_mb")

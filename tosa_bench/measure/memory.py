@@ -159,27 +159,32 @@ CPU_RSS_METHOD = "/proc/self/clear_refs=5 then VmHWM"
 
 
 def return_freed_memory_to_os() -> bool:
-    """Make glibc hand freed large blocks back to the OS (fixed 128 KiB mmap and trim
-    thresholds via ``mallopt``), so that RSS falls after a forward frees its activations.
+    """Make freed memory leave the resident set, so a forward's peak shows as a rise.
 
-    Without it glibc raises its mmap threshold after the first large free and keeps later
-    activation buffers on the heap: the next forward then reuses resident pages and the
-    high-water mark does not rise at all (we saw a 0 MiB "peak" for DeiT-S). Returns False
-    where there is no glibc (the reading is then a lower bound). Idempotent.
+    glibc keeps freed blocks resident for reuse: after the first large free it raises its
+    mmap threshold and serves later activation buffers from the heap, and a later forward
+    that reuses those resident pages does not raise the high-water mark at all (we saw a
+    0 MiB "peak" for DeiT-S). So: once, fix the mmap and trim thresholds at 128 KiB
+    (``mallopt``), and on every call release free heap pages (``malloc_trim(0)``).
+    Returns False where there is no glibc (readings are then lower bounds).
     """
-    global _MALLOPT_DONE
-    if _MALLOPT_DONE is None:
+    global _LIBC
+    if _LIBC is None:
         try:
             import ctypes
 
             libc = ctypes.CDLL("libc.so.6")
-            _MALLOPT_DONE = bool(libc.mallopt(-3, 128 * 1024)) and bool(libc.mallopt(-1, 128 * 1024))  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
+            ok = bool(libc.mallopt(-3, 128 * 1024)) and bool(libc.mallopt(-1, 128 * 1024))  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
+            _LIBC = libc if ok else False
         except (OSError, AttributeError):
-            _MALLOPT_DONE = False
-    return _MALLOPT_DONE
+            _LIBC = False
+    if _LIBC is False:
+        return False
+    _LIBC.malloc_trim(0)
+    return True
 
 
-_MALLOPT_DONE: bool | None = None
+_LIBC = None
 
 
 def _status_kib(status_path: Path, key: str) -> int | None:

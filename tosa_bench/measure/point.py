@@ -9,6 +9,10 @@ Record units and conventions (every record says them in ``conventions``):
 - ``params``: all parameters; ``params_method``: the method's own (ToSA selectors).
 - ``throughput_img_s``: images/s from the median step time of repeated timed batches
   (after warm-up, device synchronised); ``_low``/``_high`` at the slowest/fastest step.
+  A variant is timed in alternating rounds with its dense twin (same weights, batch,
+  dtype, device): ``speedup_paired`` = dense median step / variant median step, with the
+  per-round range ``speedup_paired_min``/``_max``; ratios between separately timed
+  points on a shared machine drift by tens of percent, paired ones do not.
 - ``latency_ms_p50``/``_p90``: batch-1 forward, milliseconds.
 - ``peak_mem_mb``: MiB. On CUDA: ``torch.cuda.max_memory_allocated`` around one forward
   (tensors only: weights, inputs, activations). On CPU: the rise of the process's
@@ -31,6 +35,8 @@ import torch
 from tosa_bench.build import build_model
 from tosa_bench.measure.analytic import analytic_macs
 from tosa_bench.measure.flops import count_macs
+from tosa_bench.methods.base import TokenReducer
+from tosa_bench.methods.schedule import expected_token_counts
 from tosa_bench.precision import autocast
 
 MAC_CONVENTION = "GMACs per image: fvcore multiply-accumulates + handles for SDPA/softmax/GELU; LayerNorm 5/elem; GFLOPs = 2 x GMACs"
@@ -89,6 +95,7 @@ class Settings:
     warmup: int = 10
     repeats: int = 40
     time_budget_s: float | None = None  # throughput phase; latency gets half of it
+    paired: bool = True  # time a variant in alternating rounds with its dense twin
 
 
 def build_point_model(point: Point):
@@ -102,6 +109,9 @@ def count_point(model, point: Point) -> dict[str, Any]:
     counted = count_macs(model, torch.randn(1, 3, size, size))
     counts = model.token_counts
     formula = analytic_macs(cfg, model.reducer, counts)
+    dense = TokenReducer()
+    dense.bind(cfg)
+    dense_formula = analytic_macs(cfg, dense, expected_token_counts(dense, cfg.num_tokens))
     per_block = [counted.by_module.get(f"blocks.{i}", 0) + counted.by_module.get(f"reducer.selectors.{i}", 0) for i in range(cfg.depth)]
     params = sum(p.numel() for p in model.parameters())
     params_method = sum(p.numel() for p in model.reducer.parameters())
@@ -112,6 +122,8 @@ def count_point(model, point: Point) -> dict[str, Any]:
         "gmacs": counted.gmacs,
         "gflops": counted.gflops,
         "gmacs_analytic": formula.gmacs,
+        "gmacs_dense_analytic": dense_formula.gmacs,
+        "speedup_ideal": dense_formula.total / formula.total,  # dense GMACs / these GMACs
         "gmacs_per_block": [m / 1e9 for m in per_block],
         "gmacs_method_outside_blocks": counted.by_module.get("reducer", 0) / 1e9 - sum(counted.by_module.get(f"reducer.selectors.{i}", 0) for i in range(cfg.depth)) / 1e9,
         "tokens_per_block": [[t.attn, t.mlp] for t in counts],
@@ -164,6 +176,63 @@ def _memory(model, point: Point, device: str) -> dict[str, Any]:
     }
 
 
+def _throughput(model, point: Point, settings: Settings, device: str) -> dict[str, Any]:
+    """Throughput fields. A variant is timed in alternating rounds with the dense model of
+    the same name, weights, batch, dtype and device (``settings.paired``), so its
+    ``speedup_paired`` is a ratio measured under the same conditions; dense, or
+    ``paired=False``, is timed alone."""
+    from tosa_bench.measure.timing import default_timer, measure_paired, measure_throughput
+
+    if not settings.paired or point.variant == "dense":
+        tp = measure_throughput(model, point.batch_size, model.cfg.img_size, device, point.dtype, settings.warmup, settings.repeats, settings.time_budget_s, point.compile)
+        return _throughput_fields(tp["images_per_s"], tp["images_per_s_low"], tp["images_per_s_high"], tp["step_time_s_median"], tp["step_time_s_p10"], tp["step_time_s_p90"], tp["repeats"], tp["warmup_steps"], tp["timer"])
+    dense = build_model(point.model, "dense", checkpoint=point.checkpoint, img_size=point.img_size).to(device).eval()
+    runners = [torch.compile(m) if point.compile else m for m in (dense, model.eval())]
+    dev = torch.device(device)
+    images = torch.randn(point.batch_size, 3, model.cfg.img_size, model.cfg.img_size, generator=torch.Generator().manual_seed(0)).to(dev)
+
+    def step_of(run):
+        def step() -> None:
+            with torch.inference_mode(), autocast(point.dtype, dev):
+                run(images)
+
+        return step
+
+    pair = measure_paired(step_of(runners[0]), step_of(runners[1]), default_timer(dev), warmup=max(settings.warmup, int(point.compile)),
+                          steps_per_round=2, max_rounds=max(2, settings.repeats // 2), time_budget_s=settings.time_budget_s)
+    b, a = pair.b, pair.a
+    out = _throughput_fields(point.batch_size / b.median_s, point.batch_size / b.max_s, point.batch_size / b.min_s, b.median_s, b.p10_s, b.p90_s, b.repeats, b.warmup_steps, b.timer)
+    out.update(
+        dense_throughput_img_s_paired=point.batch_size / a.median_s,
+        speedup_paired=pair.speedup,
+        speedup_paired_min=min(pair.round_ratios),
+        speedup_paired_max=max(pair.round_ratios),
+        pair_rounds=len(pair.round_ratios),
+    )
+    return out
+
+
+def _efficiency(record: dict[str, Any]) -> float | None:
+    """Share of the ideal (GMACs-ratio) speed-up that the paired timing achieved."""
+    if record.get("speedup_paired") is None or not record.get("speedup_ideal"):
+        return None
+    return record["speedup_paired"] / record["speedup_ideal"]
+
+
+def _throughput_fields(tp: float, low: float, high: float, median_s: float, p10_s: float, p90_s: float, steps: int, warmup: int, timer: str) -> dict[str, Any]:
+    return {
+        "throughput_img_s": tp,
+        "throughput_img_s_low": low,
+        "throughput_img_s_high": high,
+        "step_ms_median": median_s * 1e3,
+        "step_ms_p10": p10_s * 1e3,
+        "step_ms_p90": p90_s * 1e3,
+        "timed_steps": steps,
+        "warmup_steps": warmup,
+        "timer": timer,
+    }
+
+
 def measure_point(point: Point, settings: Settings = Settings(), stage: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Measure ``point``; returns the record fields (no status; the caller adds it).
 
@@ -201,21 +270,11 @@ def measure_point(point: Point, settings: Settings = Settings(), stage: Callable
     _check_finite(model, point, device)
     record["threads"] = torch.get_num_threads()
     if settings.timing:
-        from tosa_bench.measure.timing import measure_latency, measure_throughput
+        from tosa_bench.measure.timing import measure_latency
 
         stage("throughput")
-        tp = measure_throughput(model, point.batch_size, model.cfg.img_size, device, point.dtype, settings.warmup, settings.repeats, settings.time_budget_s, point.compile)
-        record.update(
-            throughput_img_s=tp["images_per_s"],
-            throughput_img_s_low=tp["images_per_s_low"],
-            throughput_img_s_high=tp["images_per_s_high"],
-            step_ms_median=tp["step_time_s_median"] * 1e3,
-            step_ms_p10=tp["step_time_s_p10"] * 1e3,
-            step_ms_p90=tp["step_time_s_p90"] * 1e3,
-            timed_steps=tp["repeats"],
-            warmup_steps=tp["warmup_steps"],
-            timer=tp["timer"],
-        )
+        record.update(_throughput(model, point, settings, device))
+        record["speedup_efficiency"] = _efficiency(record)
         if settings.latency:
             stage("latency")
             half = settings.time_budget_s / 2 if settings.time_budget_s is not None else None

@@ -363,3 +363,63 @@ def measure_latency(
     :func:`measure_throughput`."""
     stats, meta = _run(model, 1, img_size, device, dtype, warmup, repeats, time_budget_s, compile, timer)
     return {**meta, "latency_ms_p50": stats.latency_ms_p50, "latency_ms_p90": stats.latency_ms_p90, **stats.summary()}
+
+
+@dataclass(frozen=True)
+class PairedStats:
+    """Two step functions timed in alternating rounds (A then B, round after round), so
+    drift and other load on a shared machine hit both alike.
+
+    a, b: all timed steps of each (warm-up excluded). round_ratios: per round, median A
+    step / median B step (> 1: B is faster). ``speedup`` = median(A) / median(B) over
+    all steps.
+    """
+
+    a: TimingStats
+    b: TimingStats
+    round_ratios: tuple[float, ...]
+
+    @property
+    def speedup(self) -> float:
+        return self.a.median_s / self.b.median_s
+
+
+def measure_paired(
+    step_a: Callable[[], Any],
+    step_b: Callable[[], Any],
+    timer: StepTimer,
+    warmup: int = 2,
+    steps_per_round: int = 2,
+    max_rounds: int = 10,
+    min_rounds: int = 2,
+    time_budget_s: float | None = None,
+) -> PairedStats:
+    """Alternate ``steps_per_round`` timed steps of A and of B for up to ``max_rounds``
+    rounds (A and B each warmed up ``warmup`` steps before the first round). With a budget
+    (seconds of measured step time, warm-up included) rounds stop once it is spent, never
+    before ``min_rounds``."""
+    if steps_per_round < 1 or max_rounds < 1:
+        raise ValueError(f"need steps_per_round >= 1 and max_rounds >= 1, got {steps_per_round}, {max_rounds}")
+    times: dict[str, list[float]] = {"a": [], "b": []}
+    warm = {"a": (0, 0.0), "b": (0, 0.0)}
+    ratios: list[float] = []
+    spent, stopped = 0.0, False
+    for r in range(max_rounds):
+        if time_budget_s is not None and r >= min_rounds and spent >= time_budget_s:
+            stopped = True
+            break
+        medians = {}
+        for key, step in (("a", step_a), ("b", step_b)):
+            s = measure(step, warmup if r == 0 else 0, steps_per_round, timer)
+            if r == 0:
+                warm[key] = (s.warmup_steps, s.warmup_time_s)
+            times[key].extend(s.step_times_s)
+            medians[key] = s.median_s
+            spent += sum(s.step_times_s) + s.warmup_time_s
+        ratios.append(medians["a"] / medians["b"])
+    threads = torch.get_num_threads()
+
+    def stats(key: str) -> TimingStats:
+        return TimingStats(tuple(times[key]), warm[key][0], warm[key][1], max_rounds * steps_per_round, stopped, timer.name, threads)
+
+    return PairedStats(stats("a"), stats("b"), tuple(ratios))
