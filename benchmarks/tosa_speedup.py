@@ -5,8 +5,9 @@ with the default placement reaches >= 85% of its ideal speed-up, where
 ideal = dense GMACs / ToSA GMACs (selectors included) and measured = dense median step
 time / ToSA median step time. On a GPU run the same at batch 256 in fp16.
 
-Dense and ToSA are timed in alternating rounds in one process, so drift and other load
-hit both alike; the ratio of medians is reported with the per-round ratio range.
+Dense and ToSA are timed in alternating rounds in one process (measure_paired, as the
+sweep does), so drift and other load hit both alike; the median of the per-round ratios
+is reported with their range.
 
     python benchmarks/tosa_speedup.py                        # CPU default
     python benchmarks/tosa_speedup.py --device cuda --batch-size 256 --dtype fp16 --out results/tosa-speedup-gpu
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
@@ -29,7 +29,7 @@ from tosa_bench import build_model
 from tosa_bench.measure.env import environment_record
 from tosa_bench.measure.flops import count_macs
 from tosa_bench.measure.point import resolve_device
-from tosa_bench.measure.timing import default_timer, measure
+from tosa_bench.measure.timing import default_timer, measure_paired
 from tosa_bench.precision import autocast
 
 
@@ -68,30 +68,23 @@ def main(argv: list[str] | None = None) -> int:
 
         return step
 
-    times: dict[str, list[float]] = {"dense": [], "tosa": []}
-    round_ratio = []
-    for r in range(a.rounds):
-        medians = {}
-        for name, model in models.items():
-            stats = measure(step_of(model), a.warmup if r == 0 else 0, a.steps, timer)
-            times[name].extend(stats.step_times_s)
-            medians[name] = stats.median_s
-        round_ratio.append(medians["dense"] / medians["tosa"])
-        print(f"round {r + 1}/{a.rounds}: dense {medians['dense']:.3f} s, tosa {medians['tosa']:.3f} s, ratio {round_ratio[-1]:.3f}", file=sys.stderr)
-
-    med = {k: statistics.median(v) for k, v in times.items()}
-    measured = med["dense"] / med["tosa"]
+    pair = measure_paired(step_of(models["dense"]), step_of(models["tosa"]), timer, warmup=a.warmup, steps_per_round=a.steps, max_rounds=a.rounds, min_rounds=a.rounds)
+    for r, ratio in enumerate(pair.round_ratios):
+        print(f"round {r + 1}/{a.rounds}: dense/tosa step-time ratio {ratio:.3f}", file=sys.stderr)
+    stats = {"dense": pair.a, "tosa": pair.b}
+    measured = pair.speedup
     ideal = gmacs["dense"] / gmacs["tosa"]
     common = {"model": a.model, "batch_size": a.batch_size, "dtype": a.dtype, "device": device, "threads": torch.get_num_threads()}
     records = [
         {**common, "variant": name, "options": {"keep": a.keep, "placement": a.placement, "importance": a.importance} if name == "tosa" else {}, "gmacs": gmacs[name],
-         "step_s_median": med[name], "step_s_min": min(times[name]), "step_s_max": max(times[name]), "timed_steps": len(times[name]),
-         "throughput_img_s": a.batch_size / med[name]}
+         "step_s_median": stats[name].median_s, "step_s_min": stats[name].min_s, "step_s_max": stats[name].max_s,
+         "timed_steps": stats[name].repeats, "throughput_img_s": a.batch_size / stats[name].median_s}
         for name in ("dense", "tosa")
     ]
     summary = {**common, "variant": "summary", "keep": a.keep, "placement": a.placement, "importance": a.importance, "speedup_measured": measured, "speedup_ideal": ideal,
-               "efficiency": measured / ideal, "target": a.target, "round_ratio_min": min(round_ratio), "round_ratio_max": max(round_ratio),
-               "method": "ratio of median step times (dense/tosa) over alternating rounds; ideal = GMACs ratio (fvcore + handles, per image)"}
+               "efficiency": measured / ideal, "target": a.target, "round_ratio_min": min(pair.round_ratios), "round_ratio_max": max(pair.round_ratios),
+               "rounds": len(pair.round_ratios), "steps_per_round": a.steps,
+               "method": "median over alternating rounds of (dense median step / ToSA median step); ideal = GMACs ratio (fvcore + handles, per image)"}
     a.out.mkdir(parents=True, exist_ok=True)
     with open(a.out / "records.jsonl", "w") as f:
         for rec in records + [summary]:

@@ -371,8 +371,9 @@ class PairedStats:
     drift and other load on a shared machine hit both alike.
 
     a, b: all timed steps of each (warm-up excluded). round_ratios: per round, median A
-    step / median B step (> 1: B is faster). ``speedup`` = median(A) / median(B) over
-    all steps.
+    step / median B step (> 1: B is faster). ``speedup`` = the median of the round
+    ratios: each compares steps taken moments apart, so slow drift cancels (a ratio of
+    the overall medians would mix steps from different minutes).
     """
 
     a: TimingStats
@@ -381,7 +382,7 @@ class PairedStats:
 
     @property
     def speedup(self) -> float:
-        return self.a.median_s / self.b.median_s
+        return statistics.median(self.round_ratios)
 
 
 def measure_paired(
