@@ -39,10 +39,9 @@ def profile_command(
     throughput, batch-1 latency and peak memory, with the method behind each number."""
     import torch
 
-    from tosa_bench.build import build_model
     from tosa_bench.measure.block_time import block_time_shares
     from tosa_bench.measure.env import environment_record
-    from tosa_bench.measure.point import Point, Settings, measure_point, resolve_device
+    from tosa_bench.measure.point import Point, Settings, build_point_model, measure_point, resolve_device
     from tosa_bench.methods.natural import natural_options
     from tosa_bench.models.configs import get_config
     from tosa_bench.precision import resolve_autocast
@@ -52,7 +51,7 @@ def profile_command(
     cfg = get_config(model)
     options = natural_options(variant.value, keep, cfg, placement=placement, tome_r=tome_r, evit_locations=parse_int_list(evit_loc, "--evit-loc"), fuse=fuse, seed=seed)
     point = Point(model, variant.value, options, batch_size, dtype.value, resolved, None, str(checkpoint) if checkpoint else None, str(selector) if selector else None, compile)
-    build_model(point.model, point.variant, checkpoint=point.checkpoint, selector=point.selector, **point.options)  # validate inputs first
+    net = build_point_model(point)  # bad model/options/weights fail here, before any measurement
     budget = time_budget if time_budget is not None else (12.0 if resolved == "cpu" else None)
     settings = Settings(timing=not no_timing, warmup=warmup, repeats=repeats, time_budget_s=budget)
 
@@ -60,12 +59,11 @@ def profile_command(
 
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=out, transient=True, disable=as_json) as bar:
         task = bar.add_task(f"{model} / {variant.value}")
-        record = measure_point(point, settings, stage=lambda s: bar.update(task, description=f"{model} / {variant.value}: {s}"))
+        record = measure_point(point, settings, stage=lambda s: bar.update(task, description=f"{model} / {variant.value}: {s}"), model=net)
         if not no_timing:
             bar.update(task, description=f"{model} / {variant.value}: per-block time")
-            m = build_model(point.model, point.variant, checkpoint=point.checkpoint, selector=point.selector, **point.options).to(resolved)
             x = torch.randn(batch_size, 3, cfg.img_size, cfg.img_size, device=resolved)
-            shares = block_time_shares(m, x, passes=1 if resolved == "cpu" else 5, dtype=dtype.value)
+            shares = block_time_shares(net, x, passes=1 if resolved == "cpu" else 5, dtype=dtype.value)
             record["time_share_per_block"] = shares["per_block"]
     record["config_hash"] = point.config_hash()
     env = environment_record(device=resolved)

@@ -233,8 +233,10 @@ def _throughput_fields(tp: float, low: float, high: float, median_s: float, p10_
     }
 
 
-def measure_point(point: Point, settings: Settings = Settings(), stage: Callable[[str], None] | None = None) -> dict[str, Any]:
+def measure_point(point: Point, settings: Settings = Settings(), stage: Callable[[str], None] | None = None, model=None) -> dict[str, Any]:
     """Measure ``point``; returns the record fields (no status; the caller adds it).
+
+    ``model``: the point's model if the caller built it already (``build_point_model``).
 
     ``stage`` is called with a short label before each phase (for progress display).
     Raises ``NonFiniteOutput`` for NaN/Inf outputs and lets CUDA out-of-memory
@@ -247,7 +249,7 @@ def measure_point(point: Point, settings: Settings = Settings(), stage: Callable
 
         return_freed_memory_to_os()  # before any forward, so the CPU peak is the forward's own
     stage("build")
-    model = build_point_model(point)
+    model = build_point_model(point) if model is None else model
     keep = point.options.get("keep")
     record: dict[str, Any] = {
         "model": point.model,
