@@ -37,8 +37,9 @@ option here (defaults per ../shared/reference/README.md §1):
 
 For distillation (selectors trained on their own, backbone frozen) set
 ``record_predictions = True``: each forward then stores the predicted log-attention
-(log-softmax over keys) per ToSA block in ``predictions`` (block -> (B, H, N, N)); the
-dense teacher maps come from ``VisionTransformer.attention_logits``.
+(log-softmax over keys) per ToSA block in ``predictions`` (block -> (B, H, N, N), or
+(B, H, 1, N) under the "cls" rule, which only ever predicts the CLS row); the dense
+teacher maps come from ``VisionTransformer.attention_logits``.
 
 ``RandomReducer`` is the control: ToSA's mechanism (same placement, same k, bypass and
 restore) but with tokens chosen uniformly at random, to compare any rule with chance.
