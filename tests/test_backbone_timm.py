@@ -128,3 +128,16 @@ def test_selector_weights_round_trip(tmp_path):
         build_model("deit_tiny_patch16_224", "tosa", keep=0.5, placement="second-half", selector=path)
     with pytest.raises(ValueError, match="selector"):
         build_model("deit_tiny_patch16_224", "evit", selector=path)
+
+
+def test_repeated_reads_reuse_the_last_file_and_notice_changes(tmp_path):
+    path = tmp_path / "w.pth"
+    torch.save({"a": torch.zeros(2)}, path)
+    first = read_state_dict(path)
+    first["a"] = torch.ones(2)  # the caller's dict is its own
+    assert torch.equal(read_state_dict(path)["a"], torch.zeros(2))
+    import os
+
+    torch.save({"a": torch.full((2,), 7.0)}, path)
+    os.utime(path, ns=(1, 10**18))  # a rewrite with a new mtime is read again
+    assert torch.equal(read_state_dict(path)["a"], torch.full((2,), 7.0))
