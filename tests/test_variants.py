@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from tosa_bench import build_model
 from tosa_bench.methods.base import kept_count
 from tosa_bench.methods.tosa import TokenSelector, parse_placement
+from tosa_bench.models import chunks
 
 MODEL = "test_deep"  # 12 blocks, 32x32 input, patch 4 -> 64 patches + CLS = 65 tokens
 N = 65
@@ -187,6 +188,50 @@ def test_selector_starts_as_reuse_current_attention():
     logits = torch.randn(2, 3, 17, 17) * 4
     assert torch.equal(sel(logits), logits)
     assert torch.allclose(sel.log_attention(logits), F.log_softmax(logits, dim=-1), atol=1e-6)
+
+
+@pytest.mark.parametrize("budget", [None, 4 * 10 * 17 * 17, 4 * 10 * 17 * 5])
+def test_selector_chunked_received_equals_whole_batch(monkeypatch, budget):
+    """The CPU path works through the rows in chunks (whole images, then blocks of one
+    image's rows); it must give the same sums and logits as one whole-batch call."""
+    if budget is not None:
+        monkeypatch.setattr(chunks, "CPU_CHUNK_BYTES", budget)
+    sel = TokenSelector(num_heads=3, hidden=10, kernel=3)
+    with torch.no_grad():
+        for conv in (sel.conv1, sel.conv2):
+            conv.weight.normal_(std=0.3)
+            conv.bias.normal_(std=0.3)
+    logits = torch.randn(3, 3, 17, 17) * 3
+    imgs, rows = sel.chunking(3, 17, 17, logits.device)
+    assert (imgs, rows) == {None: (3, 17), 4 * 10 * 17 * 17: (1, 17), 4 * 10 * 17 * 5: (1, 5)}[budget]
+    with torch.no_grad():
+        whole = sel(logits)
+        received, z = sel.received(logits, keep_logits=True)
+        received_only, none = sel.received(logits)
+    assert none is None and z.shape == whole.shape
+    assert torch.allclose(z, whole, atol=1e-6)
+    expect = whole.softmax(-1).sum(dim=(1, 2))
+    assert torch.allclose(received, expect, atol=1e-5) and torch.equal(received, received_only)
+    assert sel.chunking(3, 17, 17, torch.device("meta")) == (3, 17)  # off the CPU: one call
+
+
+@pytest.mark.parametrize("bias_batch", [None, 1, 3])
+def test_explicit_attention_in_chunks_equals_one_piece(monkeypatch, bias_batch):
+    """On a CPU the explicit path runs a few images at a time; with one image per chunk it
+    must match the one-piece result (output, logits, and a per-image or shared bias)."""
+    from tosa_bench.models.vit import Attention
+
+    torch.manual_seed(0)
+    attn = Attention(dim=12, num_heads=3)
+    x = torch.randn(3, 9, 12)
+    bias = None if bias_batch is None else torch.randn(bias_batch, 1, 1, 9)
+    with torch.no_grad():
+        whole = attn(x, bias=bias, need_logits=True)
+        monkeypatch.setattr(chunks, "CPU_CHUNK_BYTES", 1)  # one image per chunk
+        split = attn(x, bias=bias, need_logits=True)
+        fused = attn(x, bias=bias)
+    assert torch.allclose(split.out, whole.out, atol=1e-6) and torch.allclose(split.logits, whole.logits, atol=1e-6)
+    assert torch.allclose(fused.out, whole.out, atol=1e-5)
 
 
 def test_untrained_tosa_selects_by_current_attention(dense, images):

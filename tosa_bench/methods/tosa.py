@@ -53,6 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tosa_bench.models.chunks import chunk_size
 from tosa_bench.methods.base import (
     BlockTokens,
     ReducerOutput,
@@ -114,10 +115,15 @@ class TokenSelector(nn.Module):
     """Predicts a block's attention from the previous block's logits.
 
     Input (B, H, N, N) logits of the block before; output (B, H, N, N) predicted logits
-    of this block (softmax over keys = predicted attention). Each query row is one 1-D sequence along keys with the heads as channels,
-    so the map is laid out as (B * N_q, H, N_k) for ``nn.Conv1d`` (one copy); the output
-    is returned as a (B, H, N, N) view of that layout. (On a 2-core CPU this runs 2.7x
-    faster than the same convolution as a (1, k) Conv2d over (B, H, N_q, N_k).)
+    of this block (softmax over keys = predicted attention). Each query row is one 1-D
+    sequence along keys with the heads as channels, so the map is laid out as
+    (B * N_q, H, N_k) for ``nn.Conv1d`` (one copy); the output is returned as a
+    (B, H, N, N) view of that layout. (On a 2-core CPU this runs 2.7x faster than the same
+    convolution as a (1, k) Conv2d over (B, H, N_q, N_k).)
+
+    :meth:`received` is the path ToSA's forward uses: it sums the predicted attention per
+    key and, on a CPU, works through the rows in cache-sized chunks
+    (:mod:`tosa_bench.models.chunks`).
     """
 
     def __init__(self, num_heads: int, hidden: int | None = None, kernel: int = 3) -> None:
@@ -147,19 +153,53 @@ class TokenSelector(nn.Module):
         self.conv1.bias.zero_()
         self.conv2.bias.zero_()
 
+    def _rows(self, logits: Tensor) -> Tensor:
+        """(B, H, R, N) logits -> predicted logits laid out as (B, R, H, N), contiguous."""
+        B, H, R, N = logits.shape
+        rows = logits.transpose(1, 2).reshape(B * R, H, N)  # every query row: H channels x N keys
+        return self.conv2(F.relu_(self.conv1(rows))).view(B, R, H, N)
+
     def forward(self, logits: Tensor) -> Tensor:
         """(B, H, R, N) logits of R query rows (R = N, or 1 for the CLS row alone) ->
         predicted logits of this block for the same rows; the predicted attention is their
         softmax over keys (see :meth:`log_attention`)."""
-        B, H, R, N = logits.shape
-        rows = logits.transpose(1, 2).reshape(B * R, H, N)  # every query row: H channels x N keys
-        z = self.conv2(F.relu_(self.conv1(rows)))
-        return z.view(B, R, H, N).transpose(1, 2)
+        return self._rows(logits).transpose(1, 2)
 
     def log_attention(self, logits: Tensor) -> Tensor:
         """The selector's output distribution: log-softmax over keys of :meth:`forward`
         (what distillation compares with the teacher's next-block attention)."""
         return F.log_softmax(self(logits), dim=-1)
+
+    def chunking(self, batch: int, rows: int, keys: int, device: torch.device, itemsize: int = 4) -> tuple[int, int]:
+        """(images, query rows) per chunk for :meth:`received`: the whole input off the
+        CPU; on a CPU as many rows as keep the hidden activation within
+        :data:`~tosa_bench.models.chunks.CPU_CHUNK_BYTES` (whole images while one fits,
+        else blocks of one image's rows)."""
+        per_chunk = chunk_size(batch * rows, self.hidden * keys * itemsize, device)
+        if per_chunk >= rows:
+            return per_chunk // rows, rows
+        return 1, per_chunk
+
+    def received(self, logits: Tensor, keep_logits: bool = False) -> tuple[Tensor, Tensor | None]:
+        """Predicted attention each key receives, summed over heads and the R query rows:
+        (B, N). With ``keep_logits`` also the predicted logits (B, H, R, N) (what
+        :meth:`forward` returns), else None. Summing instead of averaging leaves the
+        ranking unchanged."""
+        B, _, R, N = logits.shape
+        imgs, rows = self.chunking(B, R, N, logits.device, logits.element_size())
+        received, kept = [], []
+        for b in range(0, B, imgs):
+            part, kept_rows = 0, []
+            for r in range(0, R, rows):
+                z = self._rows(logits[b : b + imgs, :, r : r + rows])  # (imgs, rows, H, N)
+                part = part + z.softmax(dim=-1).sum(dim=(1, 2))
+                if keep_logits:
+                    kept_rows.append(z)
+            received.append(part)
+            if keep_logits:
+                kept.append(torch.cat(kept_rows, dim=1))
+        z = torch.cat(kept, dim=0).transpose(1, 2) if keep_logits else None
+        return torch.cat(received, dim=0), z
 
 
 def _with_cls(patch_idx: Tensor) -> Tensor:
@@ -212,14 +252,14 @@ class ToSAReducer(TokenReducer):
             out.update(importance=self.importance, selector_hidden=self.selector_hidden, selector_kernel=self.selector_kernel)
         return out
 
-    def choose(self, block: int, x: Tensor, maps: Tensor | None, k: int) -> tuple[Tensor, Tensor | None]:
+    def choose(self, block: int, x: Tensor, maps: Tensor | None, k: int, keep_logits: bool) -> tuple[Tensor, Tensor | None]:
         """Tokens that run ``block``: (B, k+1) sorted indices with CLS first, and the
-        predicted logits (the next selector's input) or None."""
-        z = self.selectors[str(block)](maps)  # (B, H, rows, N); rows = 1 for the "cls" rule
+        predicted logits (B, H, rows, N) when ``keep_logits`` (the next selector's input,
+        or a distillation record), else None. rows = 1 under the "cls" rule."""
+        keep_logits = keep_logits or self.record_predictions
+        received, z = self.selectors[str(block)].received(maps, keep_logits=keep_logits)
         if self.record_predictions:
             self.predictions[block] = F.log_softmax(z, dim=-1)
-        # softmax once, then sum: the same ranking as the mean over heads (and queries)
-        received = z.softmax(dim=-1).sum(dim=(1, 2))
         top = received[:, 1:].topk(k, dim=1).indices
         return _with_cls(top), z
 
@@ -235,7 +275,7 @@ class ToSAReducer(TokenReducer):
         self.predictions, self.selections = {}, {}
         for i, blk in enumerate(blocks):
             if i in active:
-                idx, maps = self.choose(i, x, maps, k)
+                idx, maps = self.choose(i, x, maps, k, keep_logits=i + 1 in active)
                 self.selections[i] = idx
                 x = scatter_tokens(x, idx, blk(gather_tokens(x, idx)))
                 counts.append(BlockTokens(k + 1, k + 1, n, rows) if self.uses_maps else BlockTokens(k + 1, k + 1))
@@ -270,7 +310,7 @@ class RandomReducer(ToSAReducer):
     def options(self) -> dict:
         return {**super().options(), "seed": self.seed}
 
-    def choose(self, block: int, x: Tensor, maps: Tensor | None, k: int) -> tuple[Tensor, None]:
+    def choose(self, block: int, x: Tensor, maps: Tensor | None, k: int, keep_logits: bool) -> tuple[Tensor, None]:
         if self._generator is None or self._generator.device != x.device:
             self._generator = torch.Generator(device=x.device).manual_seed(self.seed)
         scores = torch.rand(x.shape[0], x.shape[1] - 1, generator=self._generator, device=x.device)

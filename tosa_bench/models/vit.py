@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tosa_bench.models.chunks import chunk_size
 from tosa_bench.models.configs import ViTConfig
 
 
@@ -68,10 +69,7 @@ class Attention(nn.Module):
         q, k, v = qkv.unbind(0)
         logits = None
         if need_logits is True:
-            logits = (q * self.scale) @ k.transpose(-2, -1)
-            if bias is not None:
-                logits = logits + bias
-            y = logits.softmax(dim=-1) @ v
+            y, logits = self._explicit(q, k, v, bias)
         else:
             if bias is not None:
                 bias = bias.to(q.dtype)
@@ -84,6 +82,18 @@ class Attention(nn.Module):
                 raise ValueError(f"need_logits must be True, False or 'cls', got {need_logits!r}")
         y = y.transpose(1, 2).reshape(B, N, C)
         return AttentionOutput(self.proj(y), logits, k)
+
+    def _explicit(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor]:
+        """softmax(q k^T * scale + bias) @ v and its logits. The softmax and the product with
+        v run a few images at a time on a CPU, so each chunk's probabilities are still in
+        cache when multiplied by v (:mod:`tosa_bench.models.chunks`)."""
+        logits = (q * self.scale) @ k.transpose(-2, -1)
+        if bias is not None:
+            logits = logits + bias
+        B, H, n, _ = logits.shape
+        step = chunk_size(B, H * n * n * logits.element_size(), logits.device)
+        outs = [logits[b : b + step].softmax(dim=-1) @ v[b : b + step] for b in range(0, B, step)]
+        return (outs[0] if len(outs) == 1 else torch.cat(outs)), logits
 
 
 class Mlp(nn.Module):
