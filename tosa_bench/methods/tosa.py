@@ -116,10 +116,12 @@ class TokenSelector(nn.Module):
 
     Input (B, H, N, N) logits of the block before; output (B, H, N, N) predicted logits
     of this block (softmax over keys = predicted attention). Each query row is one 1-D
-    sequence along keys with the heads as channels, so the map is laid out as
-    (B * N_q, H, N_k) for ``nn.Conv1d`` (one copy); the output is returned as a
-    (B, H, N, N) view of that layout. (On a 2-core CPU this runs 2.7x faster than the same
-    convolution as a (1, k) Conv2d over (B, H, N_q, N_k).)
+    sequence along keys with the heads as channels. The parameters are two ``nn.Conv1d``
+    (so saved selectors hold (C, H, k) kernels), applied as (1, k) 2-D convolutions over
+    the map in channels-last layout (one copy in): on the 2-core CPU that ran ~25% faster
+    than ``nn.Conv1d`` over the (B * N_q, H, N_k) row layout, and 3x faster than a
+    channels-first (1, k) Conv2d. The output keeps that layout: a (B, H, N, N) tensor
+    whose strides are channels-last.
 
     :meth:`received` is the path ToSA's forward uses: it sums the predicted attention per
     key and, on a CPU, works through the rows in cache-sized chunks
@@ -153,17 +155,14 @@ class TokenSelector(nn.Module):
         self.conv1.bias.zero_()
         self.conv2.bias.zero_()
 
-    def _rows(self, logits: Tensor) -> Tensor:
-        """(B, H, R, N) logits -> predicted logits laid out as (B, R, H, N), contiguous."""
-        B, H, R, N = logits.shape
-        rows = logits.transpose(1, 2).reshape(B * R, H, N)  # every query row: H channels x N keys
-        return self.conv2(F.relu_(self.conv1(rows))).view(B, R, H, N)
-
     def forward(self, logits: Tensor) -> Tensor:
         """(B, H, R, N) logits of R query rows (R = N, or 1 for the CLS row alone) ->
-        predicted logits of this block for the same rows; the predicted attention is their
-        softmax over keys (see :meth:`log_attention`)."""
-        return self._rows(logits).transpose(1, 2)
+        predicted logits of this block for the same rows, (B, H, R, N); the predicted
+        attention is their softmax over keys (see :meth:`log_attention`)."""
+        pad = (0, self.kernel // 2)
+        x = logits.contiguous(memory_format=torch.channels_last)
+        h = F.relu_(F.conv2d(x, self.conv1.weight.unsqueeze(2), self.conv1.bias, padding=pad))
+        return F.conv2d(h, self.conv2.weight.unsqueeze(2), self.conv2.bias, padding=pad)
 
     def log_attention(self, logits: Tensor) -> Tensor:
         """The selector's output distribution: log-softmax over keys of :meth:`forward`
@@ -191,14 +190,14 @@ class TokenSelector(nn.Module):
         for b in range(0, B, imgs):
             part, kept_rows = 0, []
             for r in range(0, R, rows):
-                z = self._rows(logits[b : b + imgs, :, r : r + rows])  # (imgs, rows, H, N)
+                z = self(logits[b : b + imgs, :, r : r + rows])  # (imgs, H, rows, N)
                 part = part + z.softmax(dim=-1).sum(dim=(1, 2))
                 if keep_logits:
                     kept_rows.append(z)
             received.append(part)
             if keep_logits:
-                kept.append(torch.cat(kept_rows, dim=1))
-        z = torch.cat(kept, dim=0).transpose(1, 2) if keep_logits else None
+                kept.append(kept_rows[0] if len(kept_rows) == 1 else torch.cat(kept_rows, dim=2))
+        z = (kept[0] if len(kept) == 1 else torch.cat(kept, dim=0)) if keep_logits else None
         return torch.cat(received, dim=0), z
 
 
