@@ -36,6 +36,7 @@ def test_profile_json_has_the_promised_fields():
     assert d["throughput_img_s"] > 0 and d["latency_ms_p50"] > 0
     assert d["tokens_per_block"][1] == [33, 33]
     assert d["env"]["torch"] and d["params_method"] > 0
+    assert (d["peak_mem_mb"] or 0) > 0 or d["peak_mem_method"].startswith("unavailable"), d["peak_mem_method"]
 
 
 def test_profile_no_timing_and_table():

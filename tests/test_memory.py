@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import torch
 
+import tosa_bench.measure.memory as memory
 from tosa_bench.measure.memory import (
     MIB,
     MemoryReading,
@@ -222,3 +223,63 @@ def test_cpu_peak_real_proc_sees_a_transient_allocation() -> None:
     # a second, small run is not polluted by the first one's peak
     small = cpu_peak_rss(lambda: None)
     assert small.value_mib < r.value_mib - 0.5 * big / MIB
+
+
+class _FakeLibc:
+    """Records the allocator calls ``freed_memory_returned_to_os`` makes."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def mallopt(self, param: int, value: int) -> int:
+        self.calls.append(("mallopt", param, value))
+        return 1
+
+    def malloc_trim(self, pad: int) -> int:
+        self.calls.append(("malloc_trim", pad))
+        return 1
+
+
+def test_allocator_thresholds_are_low_only_while_measuring(monkeypatch) -> None:
+    """128 KiB thresholds + trim on entry; glibc's settled 32/64 MiB on exit, also when the
+    measured run raises (a 128 KiB threshold left behind slows every later timing)."""
+    fake = _FakeLibc()
+    monkeypatch.setattr(memory, "_LIBC", fake)
+    with pytest.raises(RuntimeError), memory.freed_memory_returned_to_os() as ok:
+        assert ok and fake.calls == [("mallopt", -3, 128 * 1024), ("mallopt", -1, 128 * 1024), ("malloc_trim", 0)]
+        raise RuntimeError("the run failed")
+    assert fake.calls[3:] == [("mallopt", -3, 32 * MIB), ("mallopt", -1, 64 * MIB)]
+    monkeypatch.setattr(memory, "_LIBC", False)  # no glibc: nothing to do, and it says so
+    with memory.freed_memory_returned_to_os() as ok:
+        assert ok is False
+
+
+@pytest.mark.skipif(not _real_clear_refs_writable(), reason="needs Linux with a writable /proc/self/clear_refs")
+def test_buffers_are_reused_again_after_a_memory_reading() -> None:
+    """After a CPU peak reading, freed 2 MiB buffers come back from the heap instead of a
+    fresh mmap each time (counted as page faults, not timed)."""
+    import resource
+
+    cpu_peak_rss(lambda: torch.ones(4 * MIB // 4).sum())
+    torch.ones(MIB // 2).add_(1)  # first use may fault its pages in
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(40):
+        torch.ones(MIB // 2).add_(1)  # 2 MiB, ~512 pages if freshly mapped
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    assert faults < 40 * 512 // 4, faults
+
+
+@pytest.mark.skipif(not _real_clear_refs_writable(), reason="needs Linux with a writable /proc/self/clear_refs")
+def test_cpu_peak_of_a_point_in_a_child_process() -> None:
+    """The sweep's CPU reading: a child builds the point's model and reads one forward;
+    a bigger batch needs more, and a failing child gives a reason, not an exception."""
+    from tosa_bench.measure.cpu_peak import measure_cpu_peak
+    from tosa_bench.measure.point import Point
+
+    small, big = (measure_cpu_peak(Point(model="test_deep", variant="tosa", options={"keep": 0.5}, batch_size=b), threads=1) for b in (1, 64))
+    assert small.available and big.available, (small.reason, big.reason)
+    rise = {b: r.value_mib - r.detail["rss_before_mib"] for b, r in ((1, small), (64, big))}
+    assert 0 <= rise[1] < rise[64], rise
+    assert "fresh process" in big.method
+    bad = measure_cpu_peak(Point(model="test_deep", variant="dense", checkpoint="/nonexistent.pth"), threads=1)
+    assert bad.value_mib is None and "no such file" in bad.reason and "\n" not in bad.reason

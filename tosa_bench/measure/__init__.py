@@ -29,6 +29,8 @@ _EXPORTS: dict[str, str] = {
     "nvml_process_memory": "memory",
     "nvml_index_for_cuda_device": "memory",
     "cpu_peak_rss": "memory",
+    "freed_memory_returned_to_os": "memory",
+    "measure_cpu_peak": "cpu_peak",
     # env
     "environment_record": "env",
 }

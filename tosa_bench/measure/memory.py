@@ -13,7 +13,8 @@
   peak resident set of the whole process during the run (model and interpreter
   included, ``detail["rss_before_mib"]`` gives the level before). If the reset is
   impossible the result is *unavailable with a reason*, never the process-lifetime
-  ``ru_maxrss``.
+  ``ru_maxrss``. Sweeps take it in a child process per point
+  (:mod:`tosa_bench.measure.cpu_peak`).
 
 Every figure is a :class:`MemoryReading` in MiB (2**20 bytes). A figure that cannot be
 measured (no CUDA device, NVML missing, no /proc) has ``value_mib=None`` and a reason;
@@ -22,10 +23,11 @@ it is never reported as 0.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 __all__ = [
     "MIB",
@@ -34,6 +36,7 @@ __all__ = [
     "nvml_process_memory",
     "nvml_index_for_cuda_device",
     "cpu_peak_rss",
+    "freed_memory_returned_to_os",
 ]
 
 MIB = 2**20  # bytes per MiB
@@ -158,33 +161,61 @@ def nvml_process_memory(nvml_index: int = 0, pid: int | None = None, nvml: Any =
 CPU_RSS_METHOD = "/proc/self/clear_refs=5 then VmHWM"
 
 
-def return_freed_memory_to_os() -> bool:
-    """Make freed memory leave the resident set, so a forward's peak shows as a rise.
+# glibc mallopt parameters and the values we set (bytes)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MEASURING_THRESHOLD = 128 * 1024
+# glibc's own ceiling for its dynamic mmap threshold on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX),
+# and the trim threshold it pairs with it (twice the mmap threshold)
+_STEADY_MMAP_THRESHOLD, _STEADY_TRIM_THRESHOLD = 32 * MIB, 64 * MIB
 
-    glibc keeps freed blocks resident for reuse: after the first large free it raises its
-    mmap threshold and serves later activation buffers from the heap, and a later forward
-    that reuses those resident pages does not raise the high-water mark at all (we saw a
-    0 MiB "peak" for DeiT-S). So: once, fix the mmap and trim thresholds at 128 KiB
-    (``mallopt``), and on every call release free heap pages (``malloc_trim(0)``).
-    Returns False where there is no glibc (readings are then lower bounds).
-    """
+
+def _glibc():
+    """The process's glibc via ctypes (cached), or None where there is none."""
     global _LIBC
     if _LIBC is None:
         try:
             import ctypes
 
             libc = ctypes.CDLL("libc.so.6")
-            ok = bool(libc.mallopt(-3, 128 * 1024)) and bool(libc.mallopt(-1, 128 * 1024))  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
-            _LIBC = libc if ok else False
-        except (OSError, AttributeError):
+            _LIBC = libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else False
+        except OSError:
             _LIBC = False
-    if _LIBC is False:
-        return False
-    _LIBC.malloc_trim(0)
-    return True
+    return _LIBC or None
 
 
 _LIBC = None
+
+
+@contextlib.contextmanager
+def freed_memory_returned_to_os() -> Iterator[bool]:
+    """Within the block, freed memory leaves the resident set, so a run's peak shows as a
+    rise of the high-water mark. Yields False where there is no glibc (readings are then
+    lower bounds).
+
+    glibc keeps freed blocks resident for reuse: after the first large free it raises its
+    mmap threshold and serves later activation buffers from the heap, and a later forward
+    that reuses those resident pages does not raise the high-water mark at all (we saw a
+    0 MiB "peak" for DeiT-S). So on entry the mmap and trim thresholds are set to 128 KiB
+    (``mallopt``) and free heap pages are released (``malloc_trim(0)``).
+
+    On exit the thresholds go to 32 MiB / 64 MiB, where glibc's dynamic threshold settles
+    after large frees. They must not stay at 128 KiB: every buffer above that would then be
+    a fresh mmap with page faults on each use, which slowed later timing (a ToSA forward
+    whose selector works in ~2 MiB chunks lost ~25% of its speed, with seconds of system
+    time). A threshold set with ``mallopt`` no longer adapts, hence the fixed values.
+    """
+    libc = _glibc()
+    if libc is None:
+        yield False
+        return
+    libc.mallopt(_M_MMAP_THRESHOLD, _MEASURING_THRESHOLD)
+    libc.mallopt(_M_TRIM_THRESHOLD, _MEASURING_THRESHOLD)
+    libc.malloc_trim(0)
+    try:
+        yield True
+    finally:
+        libc.mallopt(_M_MMAP_THRESHOLD, _STEADY_MMAP_THRESHOLD)
+        libc.mallopt(_M_TRIM_THRESHOLD, _STEADY_TRIM_THRESHOLD)
 
 
 def _status_kib(status_path: Path, key: str) -> int | None:
@@ -206,23 +237,24 @@ def cpu_peak_rss(
     runs ``fn``, reads ``VmHWM`` (kB = KiB) from ``status_path``. If the reset or the read
     is impossible, ``fn`` is not run and the reading is None with the reason (a fresh
     subprocess is then the way to measure; the process-lifetime ``ru_maxrss`` is never
-    substituted). Paths are injectable for tests. Call :func:`return_freed_memory_to_os`
-    early (before the model is first run) for the reading to be the forward's own rise.
+    substituted). Paths are injectable for tests. ``fn`` runs inside
+    :func:`freed_memory_returned_to_os`, so buffers freed before it (and reused by it) do
+    not hide its peak.
     """
     clear_refs, status = Path(clear_refs_path), Path(status_path)
-    return_freed_memory_to_os()
-    try:
-        before = _status_kib(status, "VmRSS")
-    except OSError as exc:
-        return MemoryReading(None, CPU_RSS_METHOD, f"unavailable: cannot read {status}: {exc}")
-    try:
-        with open(clear_refs, "w") as f:
-            f.write("5")
-    except OSError as exc:
-        return MemoryReading(
-            None, CPU_RSS_METHOD, f"unavailable: cannot reset the RSS high-water mark via {clear_refs}: {exc}"
-        )
-    fn()
+    with freed_memory_returned_to_os():
+        try:
+            before = _status_kib(status, "VmRSS")
+        except OSError as exc:
+            return MemoryReading(None, CPU_RSS_METHOD, f"unavailable: cannot read {status}: {exc}")
+        try:
+            with open(clear_refs, "w") as f:
+                f.write("5")
+        except OSError as exc:
+            return MemoryReading(
+                None, CPU_RSS_METHOD, f"unavailable: cannot reset the RSS high-water mark via {clear_refs}: {exc}"
+            )
+        fn()
     try:
         hwm = _status_kib(status, "VmHWM")
     except OSError as exc:

@@ -15,9 +15,10 @@ Record units and conventions (every record says them in ``conventions``):
   points on a shared machine drift by tens of percent, paired ones do not.
 - ``latency_ms_p50``/``_p90``: batch-1 forward, milliseconds.
 - ``peak_mem_mb``: MiB. On CUDA: ``torch.cuda.max_memory_allocated`` around one forward
-  (tensors only: weights, inputs, activations). On CPU: the rise of the process's
-  resident high-water mark over one forward (``/proc/self/clear_refs`` reset, VmHWM),
-  i.e. the forward's own activations and workspace. ``peak_mem_method`` names which.
+  (tensors only: weights, inputs, activations). On CPU: the rise of the resident
+  high-water mark over one forward (``/proc/self/clear_refs`` reset, VmHWM), i.e. the
+  forward's own activations and workspace, read in a fresh child process
+  (:mod:`tosa_bench.measure.cpu_peak` says why). ``peak_mem_method`` names which.
   NVML's per-process figure (CUDA context + allocator cache) is ``nvml_process_mib``,
   never mixed into ``peak_mem_mb``.
 """
@@ -144,15 +145,17 @@ def _check_finite(model, point: Point, device: str) -> None:
 
 
 def _memory(model, point: Point, device: str) -> dict[str, Any]:
-    from tosa_bench.measure.memory import cpu_peak_rss, gpu_peak_tensor_memory, nvml_index_for_cuda_device, nvml_process_memory
+    from tosa_bench.measure.cpu_peak import measure_cpu_peak
+    from tosa_bench.measure.memory import gpu_peak_tensor_memory, nvml_index_for_cuda_device, nvml_process_memory
+
     dev = torch.device(device)
-    x = torch.randn(point.batch_size, 3, model.cfg.img_size, model.cfg.img_size).to(dev)
-
-    def forward() -> None:
-        with torch.inference_mode(), autocast(point.dtype, dev):
-            model(x)
-
     if dev.type == "cuda":
+        x = torch.randn(point.batch_size, 3, model.cfg.img_size, model.cfg.img_size).to(dev)
+
+        def forward() -> None:
+            with torch.inference_mode(), autocast(point.dtype, dev):
+                model(x)
+
         gpu = gpu_peak_tensor_memory(forward, device=dev)
         nvml = nvml_process_memory(nvml_index_for_cuda_device(dev.index or 0))
         return {
@@ -164,7 +167,8 @@ def _memory(model, point: Point, device: str) -> dict[str, Any]:
             "cpu_peak_rss_mib": None,
             "cpu_peak_reason": "measured on the GPU",
         }
-    cpu = cpu_peak_rss(forward)
+    # in a child process: pinning glibc's thresholds here would slow this process's timing
+    cpu = measure_cpu_peak(point, threads=torch.get_num_threads())
     before = cpu.detail.get("rss_before_mib")
     rise = cpu.value_mib - before if cpu.available and before is not None else None
     return {
@@ -246,10 +250,6 @@ def measure_point(point: Point, settings: Settings = Settings(), stage: Callable
     """
     stage = stage or (lambda _label: None)
     device = resolve_device(point.device)
-    if settings.memory:
-        from tosa_bench.measure.memory import return_freed_memory_to_os
-
-        return_freed_memory_to_os()  # before any forward, so the CPU peak is the forward's own
     stage("build")
     model = build_point_model(point) if model is None else model
     keep = point.options.get("keep")
