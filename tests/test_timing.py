@@ -250,3 +250,18 @@ def test_paired_budget_keeps_min_rounds() -> None:
 
     pair = measure_paired(lambda: None, lambda: None, FakeTimer([1.0] * 100), warmup=0, steps_per_round=1, max_rounds=10, min_rounds=2, time_budget_s=0.5)
     assert len(pair.round_ratios) == 2 and pair.a.stopped_by_budget
+
+
+def test_paired_warmup_is_budgeted() -> None:
+    """With a budget, a slow model's 10 warm-up steps stop after one step once 1/8 of the
+    budget is used (half the budget per variant, a quarter of that for warm-up), while the
+    first round still times its full steps."""
+    from tosa_bench.measure.timing import measure_paired
+
+    order: list[str] = []
+    pair = measure_paired(lambda: order.append("a"), lambda: order.append("b"), FakeTimer([2.0] * 100), warmup=10, steps_per_round=2,
+                          max_rounds=10, min_rounds=2, time_budget_s=12.0)
+    assert pair.a.warmup_steps == pair.b.warmup_steps == 1
+    assert "".join(order) == "aaabbbaabb" and len(pair.round_ratios) == 2
+    unbudgeted = measure_paired(lambda: None, lambda: None, FakeTimer([2.0] * 100), warmup=10, steps_per_round=2, max_rounds=1)
+    assert unbudgeted.a.warmup_steps == 10

@@ -398,7 +398,8 @@ def measure_paired(
     """Alternate ``steps_per_round`` timed steps of A and of B for up to ``max_rounds``
     rounds (A and B each warmed up ``warmup`` steps before the first round). With a budget
     (seconds of measured step time, warm-up included) rounds stop once it is spent, never
-    before ``min_rounds``."""
+    before ``min_rounds``, and each warm-up stops early as :func:`measure` does, against
+    half the budget (so after one step once it has used 1/8 of the whole)."""
     if steps_per_round < 1 or max_rounds < 1:
         raise ValueError(f"need steps_per_round >= 1 and max_rounds >= 1, got {steps_per_round}, {max_rounds}")
     times: dict[str, list[float]] = {"a": [], "b": []}
@@ -411,7 +412,10 @@ def measure_paired(
             break
         medians = {}
         for key, step in (("a", step_a), ("b", step_b)):
-            s = measure(step, warmup if r == 0 else 0, steps_per_round, timer)
+            if r == 0 and time_budget_s is not None:  # budgeted warm-up
+                s = measure(step, warmup, steps_per_round, timer, time_budget_s / 2, min_repeats=steps_per_round)
+            else:
+                s = measure(step, warmup if r == 0 else 0, steps_per_round, timer)
             if r == 0:
                 warm[key] = (s.warmup_steps, s.warmup_time_s)
             times[key].extend(s.step_times_s)
