@@ -6,10 +6,12 @@ DeiT-S, batch 32, one such map is 30 MB and the selector's hidden map 60 MB, far
 caches, so each op reads its input back from memory. Run a few images (or rows) at a time,
 the same ops keep their intermediates in cache. Measured on the 2-core CPU (torch 2.14.1,
 fp32, DeiT-S, batch 32): the explicit attention of one block ~40 -> ~21 ms, one selector
-~120 -> ~30 ms, with results equal up to float rounding.
+~120 -> ~25 ms (with its channels-last convolutions), with results equal up to float
+rounding.
 
-GPUs gain nothing from this and pay a kernel launch per chunk, so off the CPU everything
-runs in one piece.
+On a GPU every chunk would cost its own kernel launches, and large batched kernels are
+what GPUs run best, so off the CPU everything runs in one piece. (That choice is not
+measured yet: no GPU was available when this was written.)
 """
 
 from __future__ import annotations
