@@ -96,6 +96,27 @@ def _progress(loader: DataLoader, enabled: bool, description: str) -> Iterable:
             bar.advance(task)
 
 
+class _Batches:
+    """The loader's usable batches as (images on ``device``, targets as given), behind a
+    progress bar if asked; images the dataset could not read are counted in
+    ``unreadable`` and batches left empty by them are skipped."""
+
+    def __init__(self, loader: DataLoader, device: torch.device, progress: bool, description: str) -> None:
+        self.loader, self.device, self.progress, self.description = loader, device, progress, description
+        self.unreadable = 0
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Any]]:
+        for batch in _progress(self.loader, self.progress, self.description):
+            images, targets, n_bad = _unpack(batch)
+            self.unreadable += n_bad
+            if images is not None:
+                yield images.to(self.device, non_blocking=True), targets
+
+    def result(self, metrics: dict[str, Any], dtype: str, device: torch.device) -> dict[str, Any]:
+        """``metrics`` with the unreadable count and the dtype/device of the run."""
+        return {**metrics, "n_unreadable": self.unreadable, "dtype": str(dtype), "device": str(device)}
+
+
 def evaluate_classification(
     model: nn.Module,
     dataset: Dataset,
@@ -121,23 +142,14 @@ def evaluate_classification(
     resolve_autocast(dtype, device)  # fail before any work
     loader = _loader(dataset, batch_size, device, num_workers, collate_fn, limit)
     acc = ClassificationAccumulator()
-    n_unreadable = 0
+    batches = _Batches(loader, device, progress, "classification")
     with _eval_mode(model, device), torch.inference_mode():
-        for batch in _progress(loader, progress, "classification"):
-            images, labels, n_bad = _unpack(batch)
-            n_unreadable += n_bad
-            if images is None:
-                continue
-            images = images.to(device, non_blocking=True)
+        for images, labels in batches:
             labels = torch.as_tensor(labels).to(device, non_blocking=True)
             with autocast(dtype, device):
                 logits = model(images)
             acc.update(logits.float(), labels)
-    out: dict[str, Any] = acc.compute()
-    out["n_unreadable"] = n_unreadable
-    out["dtype"] = str(dtype)
-    out["device"] = str(device)
-    return out
+    return batches.result(acc.compute(), dtype, device)
 
 
 def _round_to_patch(size: tuple[int, int], patch: int | None) -> tuple[int, int]:
@@ -184,14 +196,9 @@ def evaluate_depth(
     acc = DepthAccumulator(eigen_crop=eigen_crop)
     patch = getattr(model, "patch_size", None)
     patch = patch if isinstance(patch, int) else None
-    n_unreadable = 0
+    batches = _Batches(loader, device, progress, "depth")
     with _eval_mode(model, device), torch.inference_mode():
-        for batch in _progress(loader, progress, "depth"):
-            images, gt, n_bad = _unpack(batch)
-            n_unreadable += n_bad
-            if images is None:
-                continue
-            images = images.to(device, non_blocking=True)
+        for images, gt in batches:
             gt = gt.to(device, non_blocking=True).float()
             if gt.ndim == 4 and gt.shape[1] == 1:
                 gt = gt[:, 0]
@@ -209,8 +216,4 @@ def evaluate_depth(
             if tuple(pred.shape[-2:]) != gt_size:
                 pred = F.interpolate(pred, size=gt_size, mode="bilinear", align_corners=False)
             acc.update(pred[:, 0], gt)
-    out: dict[str, Any] = acc.compute()
-    out["n_unreadable"] = n_unreadable
-    out["dtype"] = str(dtype)
-    out["device"] = str(device)
-    return out
+    return batches.result(acc.compute(), dtype, device)
