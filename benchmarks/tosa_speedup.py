@@ -2,35 +2,54 @@
 
 Target (foundation issue): on the 2-core CPU, fp32, DeiT-S, batch 32, ToSA at keep 0.5
 with the default placement reaches >= 85% of its ideal speed-up, where
-ideal = dense GMACs / ToSA GMACs (selectors included) and measured = dense median step
-time / ToSA median step time. On a GPU run the same at batch 256 in fp16.
+ideal = dense GMACs / ToSA GMACs (selectors included) and measured = dense step time /
+ToSA step time, timed in alternating rounds. On a GPU run the same at batch 256 in fp16.
 
-Dense and ToSA are timed in alternating rounds in one process (measure_paired, as the
-sweep does), so drift and other load hit both alike; the median of the per-round ratios
-is reported with their range.
+Measured through the sweep's own code, so the benchmark and ``tosa-bench sweep`` cannot
+disagree on what a speed-up is: the ToSA configuration is a :class:`Point` measured by
+``measure_point`` (as one sweep point, ``sweep.runner.measure_one``). Dense and ToSA
+(dense twin with the same backbone weights) are timed there in alternating rounds
+(``timing.measure_paired``), so drift and other load hit both alike; measured =
+``speedup_paired``, the median over rounds of (dense median step / ToSA median step),
+ideal = ``speedup_ideal`` (dense / ToSA GMACs, closed-form count with the selectors),
+efficiency = ``speedup_efficiency`` = measured / ideal.
 
     python benchmarks/tosa_speedup.py                        # CPU default
     python benchmarks/tosa_speedup.py --device cuda --batch-size 256 --dtype fp16 --out results/tosa-speedup-gpu
 
-Writes OUT/records.jsonl (one record per variant + one summary) and OUT/env.json.
-Exit code 1 when the efficiency is below --target.
+OUT is a run directory that ``tosa-bench report OUT`` reads (replaced on each run):
+``records.jsonl`` (a dense record with counts only, its time is the twin's inside the
+ToSA record, and the timed ToSA record, with ``speedup_paired_rounds``), ``env.json``,
+and ``summary.json`` (the JSON printed at the end).
+Exit code 1 when the efficiency is below --target, 2 when the point failed (its record
+says why, status ``error`` or ``oom``).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from tosa_bench import build_model
 from tosa_bench.measure.env import environment_record
-from tosa_bench.measure.flops import count_macs
-from tosa_bench.measure.point import resolve_device
-from tosa_bench.measure.timing import default_timer, measure_paired
-from tosa_bench.precision import autocast
+from tosa_bench.measure.point import measure_point
+from tosa_bench.measure.spec import Point, Settings, resolve_device
+from tosa_bench.precision import resolve_autocast
+from tosa_bench.results.store import ENV, RECORDS, RunStore
+from tosa_bench.sweep.accuracy import ACCURACY_FIELDS
+from tosa_bench.sweep.grid import GridPoint
+from tosa_bench.sweep.runner import measure_one
+
+SUMMARY = "summary.json"
+
+
+def _no_accuracy(point: Point, stage) -> dict[str, Any]:
+    return {**{k: None for k in ACCURACY_FIELDS}, "accuracy_reason": "not measured (benchmarks/tosa_speedup.py)"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,55 +61,60 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     p.add_argument("--device", default="cpu")
-    p.add_argument("--rounds", type=int, default=5, help="alternating dense/ToSA rounds")
+    p.add_argument("--rounds", type=int, default=5, help="alternating dense/ToSA rounds (>= 2)")
     p.add_argument("--steps", type=int, default=2, help="timed steps per variant per round")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--target", type=float, default=0.85, help="required share of the ideal speed-up")
     p.add_argument("--out", type=Path, default=Path("results/tosa-speedup-cpu"))
     a = p.parse_args(argv)
+    if a.rounds < 2 or a.steps < 1 or a.warmup < 0:
+        p.error("need --rounds >= 2, --steps >= 1 and --warmup >= 0")
 
     device = resolve_device(a.device)
-    autocast(a.dtype, device)  # validate before any work
-    torch.manual_seed(0)
-    dense = build_model(a.model)
-    tosa = build_model(a.model, "tosa", keep=a.keep, placement=a.placement, importance=a.importance)
-    tosa.load_state_dict(dense.state_dict(), strict=False)
-    size = dense.cfg.img_size
-    gmacs = {name: count_macs(m, torch.randn(1, 3, size, size)).gmacs for name, m in (("dense", dense), ("tosa", tosa))}
-    models = {"dense": dense.to(device), "tosa": tosa.to(device)}
-    images = torch.randn(a.batch_size, 3, size, size, device=device)
-    timer = default_timer(torch.device(device))
+    resolve_autocast(a.dtype, torch.device(device))  # validate before any work
+    options = {"keep": a.keep, "placement": a.placement, "importance": a.importance}
+    dense = GridPoint(Point(model=a.model, variant="dense", batch_size=a.batch_size, dtype=a.dtype, device=device))
+    tosa = GridPoint(Point(model=a.model, variant="tosa", options=options, batch_size=a.batch_size, dtype=a.dtype, device=device),
+                     keeps=(a.keep,), placement=a.placement)
+    # rounds = repeats // pair_steps (measure_point's rule), so exactly --rounds rounds run
+    timed = Settings(timing=True, latency=False, memory=False, warmup=a.warmup, repeats=a.rounds * a.steps, time_budget_s=None, paired=True, pair_steps=a.steps)
+    counted = Settings(timing=False, latency=False, memory=False)
 
-    def step_of(model):
-        def step() -> None:
-            with torch.inference_mode(), autocast(a.dtype, device):
-                model(images)
+    if (a.out / RECORDS).exists():
+        (a.out / RECORDS).unlink()  # one benchmark, one result: a rerun replaces the last
+    store = RunStore.create(a.out)
+    store.write_json(ENV, environment_record(device=device))
+    store.open_for_append()
+    session = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    records = []
+    for gp, settings in ((dense, counted), (tosa, timed)):
+        torch.manual_seed(0)  # the same random weights run after run
+        rec = measure_one(gp, settings, measure_point, _no_accuracy, lambda _stage: None, run_id=store.path.name, session=session)
+        if gp is dense and rec["status"] == "ok":
+            rec["timing_reason"] = "timed as the dense twin inside the ToSA record (dense_throughput_img_s_paired)"
+        store.append(rec)
+        records.append(rec)
+    rec = records[-1]
 
-        return step
-
-    pair = measure_paired(step_of(models["dense"]), step_of(models["tosa"]), timer, warmup=a.warmup, steps_per_round=a.steps, max_rounds=a.rounds, min_rounds=a.rounds)
-    for r, ratio in enumerate(pair.round_ratios):
+    for r, ratio in enumerate(rec.get("speedup_paired_rounds") or []):
         print(f"round {r + 1}/{a.rounds}: dense/tosa step-time ratio {ratio:.3f}", file=sys.stderr)
-    stats = {"dense": pair.a, "tosa": pair.b}
-    measured = pair.speedup
-    ideal = gmacs["dense"] / gmacs["tosa"]
+    failed = next((r for r in records if r["status"] != "ok"), None)
     common = {"model": a.model, "batch_size": a.batch_size, "dtype": a.dtype, "device": device, "threads": torch.get_num_threads()}
-    records = [
-        {**common, "variant": name, "options": {"keep": a.keep, "placement": a.placement, "importance": a.importance} if name == "tosa" else {}, "gmacs": gmacs[name],
-         "step_s_median": stats[name].median_s, "step_s_min": stats[name].min_s, "step_s_max": stats[name].max_s,
-         "timed_steps": stats[name].repeats, "throughput_img_s": a.batch_size / stats[name].median_s}
-        for name in ("dense", "tosa")
-    ]
-    summary = {**common, "variant": "summary", "keep": a.keep, "placement": a.placement, "importance": a.importance, "speedup_measured": measured, "speedup_ideal": ideal,
-               "efficiency": measured / ideal, "target": a.target, "round_ratio_min": min(pair.round_ratios), "round_ratio_max": max(pair.round_ratios),
-               "rounds": len(pair.round_ratios), "steps_per_round": a.steps,
-               "method": "median over alternating rounds of (dense median step / ToSA median step); ideal = GMACs ratio (fvcore + handles, per image)"}
-    a.out.mkdir(parents=True, exist_ok=True)
-    with open(a.out / "records.jsonl", "w") as f:
-        for rec in records + [summary]:
-            f.write(json.dumps(rec) + "\n")
-    (a.out / "env.json").write_text(json.dumps(environment_record(device=device), indent=2) + "\n")
+    ratios = rec.get("speedup_paired_rounds") or [None]
+    summary = {**common, "variant": "summary", "keep": a.keep, "placement": a.placement, "importance": a.importance,
+               "speedup_measured": rec.get("speedup_paired"), "speedup_ideal": rec.get("speedup_ideal"),
+               "efficiency": rec.get("speedup_efficiency"), "target": a.target,
+               "round_ratio_min": rec.get("speedup_paired_min", ratios[0]), "round_ratio_max": rec.get("speedup_paired_max", ratios[-1]),
+               "rounds": rec.get("pair_rounds"), "steps_per_round": a.steps,
+               "status": failed["status"] if failed else "ok", "error": failed["error"] if failed else None,
+               "config_hash": rec["config_hash"], "out": str(store.path),
+               "method": "speedup_paired of measure_point: median over alternating rounds of (dense median step / ToSA median step); "
+                         "ideal = speedup_ideal (dense / ToSA GMACs, closed-form count incl. selectors, per image)"}
+    store.write_json(SUMMARY, summary)
     print(json.dumps(summary, indent=2))
+    if failed:
+        print(f"error: {failed['model']}/{failed['variant']}: {failed['error']}", file=sys.stderr)
+        return 2
     return 0 if summary["efficiency"] >= a.target else 1
 
 

@@ -10,16 +10,16 @@ import pytest
 import torch
 from PIL import Image
 
-from tosa_bench.data import DatasetError
+from tosa_bench.errors import DatasetError
 from tosa_bench.data.imagenet import (
     ImageNetVal,
     build_imagenet,
     collate_skip_bad,
     eval_transform,
     iter_batches,
-    make_loader,
     resolve_imagenet_root,
 )
+from tosa_bench.data.loader import make_loader
 from tosa_bench.data.synthetic import make_shapes
 
 
@@ -108,7 +108,7 @@ def test_unreadable_images_are_skipped_and_counted(tmp_path: Path, workers: int)
 
     ds = build_imagenet(tmp_path, img_size=16)
     assert len(ds) == 8
-    loader = make_loader(ds, batch_size=3, num_workers=workers)
+    loader = make_loader(ds, batch_size=3, num_workers=workers, collate_fn=collate_skip_bad)
     seen = [(x, y) for x, y in iter_batches(loader)]
     n_ok = sum(len(y) for _, y in seen)
     assert n_ok == 6

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from tosa_bench.data import DatasetError
+from tosa_bench.errors import DatasetError
 from tosa_bench.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from tosa_bench.data.nyu import NyuMatReader, build_nyu
 from tosa_bench.data.synthetic import make_rooms

@@ -11,7 +11,7 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from tosa_bench.data import DatasetError
+from tosa_bench.errors import DatasetError
 from tosa_bench.data.synthetic import make_dataset, make_rooms, make_shapes
 
 

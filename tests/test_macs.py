@@ -8,7 +8,7 @@ import torch
 from tosa_bench import build_model
 from tosa_bench.measure.analytic import analytic_macs
 from tosa_bench.measure.flops import count_macs
-from tosa_bench.methods.schedule import expected_token_counts
+from tosa_bench.methods.registry import expected_token_counts
 
 CASES = [
     ("dense", {}),

@@ -274,7 +274,7 @@ def test_cpu_peak_of_a_point_in_a_child_process() -> None:
     """The sweep's CPU reading: a child builds the point's model and reads one forward;
     a bigger batch needs more, and a failing child gives a reason, not an exception."""
     from tosa_bench.measure.cpu_peak import measure_cpu_peak
-    from tosa_bench.measure.point import Point
+    from tosa_bench.measure.spec import Point
 
     small, big = (measure_cpu_peak(Point(model="test_deep", variant="tosa", options={"keep": 0.5}, batch_size=b), threads=1) for b in (1, 64))
     assert small.available and big.available, (small.reason, big.reason)
@@ -283,3 +283,15 @@ def test_cpu_peak_of_a_point_in_a_child_process() -> None:
     assert "fresh process" in big.method
     bad = measure_cpu_peak(Point(model="test_deep", variant="dense", checkpoint="/nonexistent.pth"), threads=1)
     assert bad.value_mib is None and "no such file" in bad.reason and "\n" not in bad.reason
+
+
+def test_cpu_peak_imports_neither_torch_nor_the_measuring_code() -> None:
+    """The child pins glibc's thresholds before torch is imported, and point.py imports
+    cpu_peak: so cpu_peak's module level may import neither (spec only, inside the child)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, tosa_bench.measure.cpu_peak; "
+            "print(sorted(m for m in ('torch', 'tosa_bench.measure.point', 'tosa_bench.measure.spec') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from tosa_bench.sweep.grid import expand
-from tosa_bench.sweep.suite import SUITES_DIR, Suite, SuiteError, from_dict, load_suite, to_dict
+from tosa_bench.errors import SuiteError
+from tosa_bench.sweep.suite import SUITES_DIR, Suite, from_dict, load_suite, to_dict
 
 SHIPPED = sorted(SUITES_DIR.glob("*.toml"))
 

@@ -9,17 +9,19 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
 
-from tosa_bench.measure.point import NonFiniteOutput, Point, Settings
+from tosa_bench.errors import OutputPathError, RunStateError
+from tosa_bench.measure.spec import NonFiniteOutput, Point, Settings
+from tosa_bench.results.store import RunStore, encode_record, read_records
 from tosa_bench.sweep.grid import GridPoint, expand, parse_shard, select_shard
-from tosa_bench.sweep.match import analytic_gmacs
+from tosa_bench.measure.analytic import analytic_gmacs
 from tosa_bench.sweep.merge import merge_runs
 from tosa_bench.sweep.runner import run_points
-from tosa_bench.sweep.session import plan_new, plan_resume, read_resolved
-from tosa_bench.sweep.store import RunStore, encode_record, read_records
+from tosa_bench.sweep.session import plan_new, plan_resume, read_resolved, toml_text
 from tosa_bench.sweep.suite import Suite
 
 TINY = Settings(timing=True, latency=False, memory=False, warmup=1, repeats=2, time_budget_s=0.05)
@@ -215,7 +217,7 @@ run_points(plan.points, plan.store, TINY, measure=slow)
 def test_new_run_refuses_an_existing_store(tmp_path):
     plan = plan_new(tiny_suite(), tmp_path / "run")
     run_points(plan.points[:1], plan.store, TINY, measure=Counting())
-    with pytest.raises(ValueError, match="--resume"):
+    with pytest.raises(OutputPathError, match="--resume"):
         plan_new(tiny_suite(), tmp_path / "run")
 
 
@@ -227,6 +229,14 @@ def test_resolved_suite_round_trips(tmp_path):
     assert [gp.keeps for gp in grid] == [gp.keeps for gp in plan.grid]
     assert suite2.keeps == suite.keeps and suite2.match == "gmacs" and shard is None
     assert run["grid_points"] == len(plan.grid)
+
+
+def test_suite_toml_drops_none_and_keeps_the_header():
+    doc = {"run": {"run_id": "r", "shard": None, "n": 3}, "points": [{"hash": "h", "options": {"keep": 0.5, "seed": None},
+                                                                       "keeps": [0.5, None], "placement": None}]}
+    text = toml_text(doc, "first line\nsecond line")
+    assert text.startswith("# first line\n# second line\n")
+    assert tomllib.loads(text) == {"run": {"run_id": "r", "n": 3}, "points": [{"hash": "h", "options": {"keep": 0.5}, "keeps": [0.5]}]}
 
 
 # ----------------------------------------------------------------------------- shards
@@ -276,7 +286,7 @@ def test_merge_refuses_different_results_for_one_config(tmp_path):
         return {**fake_measure(point, settings, stage), "throughput_img_s": 123.0}
 
     run_points(b.points[:1], b.store, TINY, measure=other)
-    with pytest.raises(ValueError, match="different results"):
+    with pytest.raises(RunStateError, match="different results"):
         merge_runs([a.store.path, b.store.path], tmp_path / "m")
     assert not (tmp_path / "m").exists()
 
@@ -298,7 +308,7 @@ def test_merge_accepts_identical_copies_and_ok_over_error(tmp_path):
 def test_merge_refuses_other_grids(tmp_path):
     a = plan_new(tiny_suite(), tmp_path / "a")
     b = plan_new(tiny_suite(keeps=(0.5,)), tmp_path / "b")
-    with pytest.raises(ValueError, match="another grid"):
+    with pytest.raises(RunStateError, match="another grid"):
         merge_runs([a.store.path, b.store.path], tmp_path / "m")
 
 

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tosa_bench.cli import app
-from tosa_bench.sweep.store import read_records
+from tosa_bench.results.store import read_records
 
 runner = CliRunner()
 FAST = ["--model", "test_tiny", "-b", "1", "--warmup", "1", "--repeats", "2", "--time-budget", "0.05",
@@ -40,7 +40,7 @@ def test_sweep_writes_store_and_prints_table(swept):
     assert json.loads((out / "env.json").read_text())["device"] == "cpu"
 
 
-@pytest.mark.parametrize("fmt,needle", [("md", "| method |"), ("latex", r"\begin{tabular}"), ("csv", "config_hash"), ("table", "throughput (im/s)")])
+@pytest.mark.parametrize("fmt,needle", [("md", "| method "), ("latex", r"\begin{tabular}"), ("csv", "config_hash"), ("table", "throughput (im/s)")])
 def test_report_formats(swept, fmt, needle):
     out, _ = swept
     res = _ok(runner.invoke(app, ["report", str(out), "--format", fmt]))

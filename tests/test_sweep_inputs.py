@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from tosa_bench.build import build_model
+from tosa_bench.errors import OutputPathError
 from tosa_bench.data.synthetic import make_dataset
+from tosa_bench.results.store import read_records
 from tosa_bench.sweep.runner import run_points
 from tosa_bench.sweep.session import plan_new
-from tosa_bench.sweep.store import read_records
 from tosa_bench.sweep.suite import Suite
 from tosa_bench.tasks.depth_model import DepthModel, save_depth_checkpoint
 from test_sweep import TINY, Counting, tiny_suite
@@ -64,9 +65,9 @@ def test_selector_for_wrong_placement_fails_up_front(tmp_path):
 def test_unwritable_out_dir_fails_before_any_record(tmp_path):
     blocker = tmp_path / "afile"
     blocker.write_text("x")
-    with pytest.raises(ValueError, match="out: cannot create"):
+    with pytest.raises(OutputPathError, match="out: cannot create"):
         plan_new(tiny_suite(), blocker / "run")
-    with pytest.raises(ValueError, match="not a directory"):
+    with pytest.raises(OutputPathError, match="not a directory"):
         plan_new(tiny_suite(), blocker)
 
 
@@ -76,7 +77,7 @@ def test_read_only_out_dir(tmp_path):
     ro.mkdir()
     ro.chmod(0o500)
     try:
-        with pytest.raises(ValueError, match="not writable|cannot create"):
+        with pytest.raises(OutputPathError, match="not writable|cannot create"):
             plan_new(tiny_suite(), ro / "run")
     finally:
         ro.chmod(0o700)

@@ -58,9 +58,11 @@ def test_tosa_keeps_every_token_in_order_and_bypass_is_bit_identical(placement, 
         out = m.forward_tokens(images, collect=blocks, need_full=True)
     assert out.tokens.shape == (8, N, 32) and torch.equal(out.full, out.tokens)
     k = kept_count(0.5, N - 1)
-    sel = m.reducer.selections
+    sel = m.reducer.last_selection
     assert sorted(sel) == list(m.reducer.placement)
-    for i, idx in sel.items():
+    for i, selection in sel.items():
+        assert selection.kind == "ran"
+        idx = selection.index
         before, after = out.intermediates[i - 1], out.intermediates[i]
         assert idx.shape == (8, k + 1) and (idx[:, 0] == 0).all()
         assert (idx[:, 1:] > idx[:, :-1]).all(), "selected tokens keep their order"
@@ -243,7 +245,7 @@ def test_untrained_tosa_selects_by_current_attention(dense, images):
     received = logits.softmax(-1).mean(dim=(1, 2))[:, 1:]
     k = kept_count(0.25, N - 1)
     expect = received.topk(k, dim=1).indices.sort(dim=1).values + 1
-    assert torch.equal(m.reducer.selections[4][:, 1:], expect)
+    assert torch.equal(m.reducer.last_selection[4].index[:, 1:], expect)
 
 
 def test_selectors_train_alone_with_frozen_backbone(dense, images):
@@ -318,7 +320,7 @@ def test_state_dict_keys_are_timm_names_plus_method_prefix():
     [("dense", {}), ("tosa", {"keep": 0.37, "placement": "3,4,9"}), ("random", {"keep": 0.5}), ("tome", {"r": 7}), ("tome", {"r": 5, "schedule": "decreasing"}), ("evit", {"keep": 0.6}), ("evit", {"keep": 0.9, "fuse": False, "locations": [1, 2]})],
 )
 def test_reported_counts_equal_the_schedule_derived_from_options(variant, options, images):
-    from tosa_bench.methods.schedule import expected_token_counts
+    from tosa_bench.methods.registry import expected_token_counts
 
     m = built(variant, **options)
     with torch.no_grad():
@@ -336,4 +338,4 @@ def test_cls_rule_runs_on_the_cls_row_only_and_matches_the_full_map(dense, image
     assert m.token_counts[4].selector_rows == 1
     received = logits[:, :, 0].softmax(-1).sum(1)[:, 1:]
     expect = received.topk(kept_count(0.25, N - 1), dim=1).indices.sort(dim=1).values + 1
-    assert torch.equal(m.reducer.selections[4][:, 1:], expect)
+    assert torch.equal(m.reducer.last_selection[4].index[:, 1:], expect)

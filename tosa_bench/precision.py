@@ -11,6 +11,8 @@ import contextlib
 
 import torch
 
+from tosa_bench.errors import OptionError
+
 _AMP: dict[str, torch.dtype | None] = {
     "fp32": None, "float32": None, "float": None,
     "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
@@ -21,7 +23,7 @@ _AMP: dict[str, torch.dtype | None] = {
 def resolve_autocast(dtype: str | torch.dtype, device: torch.device | str) -> torch.dtype | None:
     """Autocast dtype for a precision name on ``device`` (None = plain fp32).
 
-    Raises ``ValueError`` (naming ``dtype``) for an unknown name and for fp16 on a CPU.
+    Raises ``OptionError`` (naming ``dtype``) for an unknown name and for fp16 on a CPU.
     """
     device = torch.device(device)
     if isinstance(dtype, torch.dtype):
@@ -29,10 +31,10 @@ def resolve_autocast(dtype: str | torch.dtype, device: torch.device | str) -> to
     else:
         key = str(dtype).lower()
     if key not in _AMP:
-        raise ValueError(f"dtype: unknown precision {dtype!r}; use fp32, fp16 or bf16")
+        raise OptionError(f"dtype: unknown precision {dtype!r}; use fp32, fp16 or bf16")
     amp = _AMP[key]
     if amp is torch.float16 and device.type == "cpu":
-        raise ValueError("dtype: fp16 autocast is not supported on CPU here; use fp32 or bf16 on CPU, fp16 on CUDA")
+        raise OptionError("dtype: fp16 autocast is not supported on CPU here; use fp32 or bf16 on CPU, fp16 on CUDA")
     return amp
 
 

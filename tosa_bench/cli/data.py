@@ -33,4 +33,4 @@ def make_command(
 
     path = make_dataset(kind.value, out_dir, n=n, size=size, seed=seed)
     flag = "--imagenet" if kind is Kind.shapes else "--nyu"
-    out.print(f"wrote {kind.value} to {path}  (use: {flag} {path})")
+    out.print(f"wrote {kind.value} to {path}  (use: {flag} {path})", markup=False, highlight=False)

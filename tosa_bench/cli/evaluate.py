@@ -9,7 +9,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from tosa_bench.cli.common import DType, Variant, app, err, guarded, out, parse_int_list
+from tosa_bench.cli.common import DType, VARIANT_HELP, app, guarded, out, point_options, say
+from tosa_bench.errors import OptionError
 
 
 class Task(str, Enum):
@@ -23,8 +24,8 @@ def eval_command(
     task: Annotated[Task, typer.Argument(help="imagenet: top-1/top-5 on an ImageFolder val set; nyu: depth metrics on the NYU v2 test split.")],
     data: Annotated[Path, typer.Option(help="imagenet: DIR/<wnid>/*.JPEG (or DIR/val/...); nyu: nyu_depth_v2_labeled.mat (+ splits.mat beside it), its folder, or a BTS-style folder/list file.")],
     model: Annotated[str, typer.Option(help="Model config (see `tosa-bench models`).")] = "deit_small_patch16_224",
-    variant: Annotated[Variant, typer.Option(help="Token-reduction method.")] = Variant.dense,
-    keep: Annotated[Optional[float], typer.Option(help="Keep ratio (meaning per variant: tosa_bench/methods/natural.py).")] = None,
+    variant: Annotated[str, typer.Option(help=VARIANT_HELP)] = "dense",
+    keep: Annotated[Optional[float], typer.Option(help="Keep ratio in (0, 1]; what it means per variant: `tosa-bench models`.")] = None,
     placement: Annotated[Optional[str], typer.Option(help="ToSA/random selector blocks.")] = None,
     tome_r: Annotated[Optional[int], typer.Option("--tome-r", help="ToMe r per block.")] = None,
     evit_loc: Annotated[Optional[str], typer.Option("--evit-loc", help="EViT pruning blocks, 0-based.")] = None,
@@ -43,33 +44,32 @@ def eval_command(
     """Accuracy of one model (top1/top5 in %, or delta1..3, absrel, sqrel, rmse, rmse_log,
     log10, silog). Without a checkpoint it runs with random weights and says so."""
     from tosa_bench.build import build_model
-    from tosa_bench.measure.point import resolve_device
-    from tosa_bench.methods.natural import natural_options
+    from tosa_bench.measure.spec import resolve_device
     from tosa_bench.models.configs import get_config
     from tosa_bench.tasks.accuracy import depth_model, imagenet_accuracy, nyu_accuracy
     from tosa_bench.precision import resolve_autocast
 
     dev = resolve_device(device)
     resolve_autocast(dtype.value, dev)
-    options = natural_options(variant.value, keep, get_config(model), placement=placement, tome_r=tome_r, evit_locations=parse_int_list(evit_loc, "--evit-loc"), fuse=fuse)
+    options = point_options(variant, keep, get_config(model), placement=placement, tome_r=tome_r, evit_loc=evit_loc, fuse=fuse)
     weights = str(checkpoint) if checkpoint else "none: random weights, numbers are not meaningful"
     if task is Task.imagenet:
-        net = build_model(model, variant.value, checkpoint=checkpoint, selector=selector, **options)
+        net = build_model(model, variant, checkpoint=checkpoint, selector=selector, **options)
         result = imagenet_accuracy(net, data, device=dev, dtype=dtype.value, batch_size=batch_size, limit=limit, workers=workers, crop_pct=crop_pct, progress=not as_json)
     else:
         size = _parse_hw(input_size)
-        backbone = build_model(model, variant.value, selector=selector, num_classes=0, img_size=None, **options)
+        backbone = build_model(model, variant, selector=selector, num_classes=0, img_size=None, **options)
         net = depth_model(backbone, checkpoint)
         result = nyu_accuracy(net, data, device=dev, dtype=dtype.value, batch_size=min(batch_size, 8), limit=limit, workers=workers, input_size=size, progress=not as_json)
-    record = {"task": task.value, "model": model, "variant": variant.value, "options": options, "weights": weights, **result}
+    record = {"task": task.value, "model": model, "variant": variant, "options": options, "weights": weights, **result}
     if checkpoint is None:
-        err.print("[yellow]warning:[/] no --checkpoint: evaluated with random weights")
+        say("no --checkpoint: evaluated with random weights", prefix="warning:", style="yellow")
     if as_json:
         print(json.dumps(record, default=str))
         return
     from rich.table import Table
 
-    t = Table(title=f"{task.value}: {model} / {variant.value} {options}", caption=f"weights: {weights}; {dev}, {dtype.value}")
+    t = Table(title=f"{task.value}: {model} / {variant} {options}", caption=f"weights: {weights}; {dev}, {dtype.value}")
     t.add_column("metric")
     t.add_column("value", justify="right")
     for k, v in result.items():
@@ -84,5 +84,7 @@ def _parse_hw(text: Optional[str]) -> Optional[tuple[int, int]]:
     try:
         h, w = (int(p) for p in text.lower().split("x"))
     except ValueError:
-        raise ValueError(f"--input-size: expected HxW like 480x640, got {text!r}") from None
+        raise OptionError(f"--input-size: expected HxW like 480x640, got {text!r}") from None
+    if h <= 0 or w <= 0:
+        raise OptionError(f"--input-size: height and width must be > 0 (e.g. 480x640), got {text!r}")
     return h, w

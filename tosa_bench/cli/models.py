@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from tosa_bench.cli.common import app, out
+from tosa_bench.cli.common import app, guarded, out
 
 
 @app.command("models")
+@guarded
 def models_command() -> None:
     """List model configs and variants with their options."""
     from rich.table import Table
 
-    from tosa_bench.build import VARIANTS, variant_options
+    from rich.markup import escape
+
+    from tosa_bench.methods import registry
     from tosa_bench.models.configs import MODEL_CONFIGS
 
     t = Table(title="models")
@@ -19,9 +22,11 @@ def models_command() -> None:
     for name, c in MODEL_CONFIGS.items():
         t.add_row(name, str(c.img_size), str(c.patch_size), str(c.embed_dim), str(c.depth), str(c.num_heads), str(c.num_classes))
     out.print(t)
-    v = Table(title="variants")
-    v.add_column("variant")
-    v.add_column("options")
-    for name in VARIANTS:
-        v.add_row(name, ", ".join(variant_options(name)) or "-")
+    v = Table(title="variants (tosa_bench/methods/, one file each)", show_lines=True)
+    for col in ("variant", "what it does", "--keep means", "options: type = default (allowed)"):
+        v.add_column(col)
+    for name in registry.names():
+        m = registry.get(name)
+        opts = "\n".join(f"{o.name}: {o.type} = {o.default!r} ({o.allowed})" for o in m.options) or "-"
+        v.add_row(escape(f"{name} ({m.display})"), escape(m.summary), escape(m.keep_meaning), escape(opts))
     out.print(v)

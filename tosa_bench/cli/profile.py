@@ -8,15 +8,16 @@ from typing import Annotated, Optional
 
 import typer
 
-from tosa_bench.cli.common import DType, Variant, app, guarded, out, parse_int_list
+from tosa_bench.cli.common import DType, VARIANT_HELP, app, check_output_file, guarded, out, output_file, point_options
+from tosa_bench.errors import OptionError
 
 
 @app.command("profile")
 @guarded
 def profile_command(
     model: Annotated[str, typer.Option(help="Model config, e.g. deit_small_patch16_224 (see `tosa-bench models`).")] = "deit_small_patch16_224",
-    variant: Annotated[Variant, typer.Option(help="Token-reduction method.")] = Variant.tosa,
-    keep: Annotated[Optional[float], typer.Option(help="Keep ratio in (0, 1]; its meaning per variant is in tosa_bench/methods/natural.py (tome: r = round((1-keep)(N-1)/L)).")] = None,
+    variant: Annotated[str, typer.Option(help=VARIANT_HELP)] = "tosa",
+    keep: Annotated[Optional[float], typer.Option(help="Keep ratio in (0, 1]; what it means per variant: `tosa-bench models` (tome: r = round((1-keep)(N-1)/L)).")] = None,
     placement: Annotated[Optional[str], typer.Option(help="ToSA/random selector blocks: alternate, alternate-even, second-half, all, last:K, or indices like 3,5,7.")] = None,
     tome_r: Annotated[Optional[int], typer.Option("--tome-r", help="ToMe tokens merged per block (overrides the keep mapping).")] = None,
     evit_loc: Annotated[Optional[str], typer.Option("--evit-loc", help="EViT pruning blocks, 0-based, e.g. 3,6,9.")] = None,
@@ -41,16 +42,20 @@ def profile_command(
 
     from tosa_bench.measure.block_time import block_time_shares
     from tosa_bench.measure.env import environment_record
-    from tosa_bench.measure.point import Point, Settings, build_point_model, measure_point, resolve_device
-    from tosa_bench.methods.natural import natural_options
+    from tosa_bench.measure.point import measure_point
+    from tosa_bench.measure.spec import Point, Settings, build_point_model, resolve_device
     from tosa_bench.models.configs import get_config
     from tosa_bench.precision import resolve_autocast
 
+    if save is not None:
+        check_output_file(save, "--save")  # before any work
+    if time_budget is not None and not 0 < time_budget < float("inf"):
+        raise OptionError(f"--time-budget: expected a number of seconds > 0, got {time_budget}")
     resolved = resolve_device(device)
     resolve_autocast(dtype.value, resolved)  # fp16 on CPU etc. fails here, before any work
     cfg = get_config(model)
-    options = natural_options(variant.value, keep, cfg, placement=placement, tome_r=tome_r, evit_locations=parse_int_list(evit_loc, "--evit-loc"), fuse=fuse, seed=seed)
-    point = Point(model, variant.value, options, batch_size, dtype.value, resolved, None, str(checkpoint) if checkpoint else None, str(selector) if selector else None, compile)
+    options = point_options(variant, keep, cfg, placement=placement, tome_r=tome_r, evit_loc=evit_loc, fuse=fuse, seed=seed)
+    point = Point(model, variant, options, batch_size, dtype.value, resolved, None, str(checkpoint) if checkpoint else None, str(selector) if selector else None, compile)
     net = build_point_model(point)  # bad model/options/weights fail here, before any measurement
     budget = time_budget if time_budget is not None else (12.0 if resolved == "cpu" else None)
     settings = Settings(timing=not no_timing, warmup=warmup, repeats=repeats, time_budget_s=budget)
@@ -58,18 +63,18 @@ def profile_command(
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=out, transient=True, disable=as_json) as bar:
-        task = bar.add_task(f"{model} / {variant.value}")
-        record = measure_point(point, settings, stage=lambda s: bar.update(task, description=f"{model} / {variant.value}: {s}"), model=net)
+        task = bar.add_task(f"{model} / {variant}")
+        record = measure_point(point, settings, stage=lambda s: bar.update(task, description=f"{model} / {variant}: {s}"), model=net)
         if not no_timing:
-            bar.update(task, description=f"{model} / {variant.value}: per-block time")
+            bar.update(task, description=f"{model} / {variant}: per-block time")
             x = torch.randn(batch_size, 3, cfg.img_size, cfg.img_size, device=resolved)
             shares = block_time_shares(net, x, passes=1 if resolved == "cpu" else 5, dtype=dtype.value)
             record["time_share_per_block"] = shares["per_block"]
     record["config_hash"] = point.config_hash()
     env = environment_record(device=resolved)
     if save is not None:
-        save.parent.mkdir(parents=True, exist_ok=True)
-        save.write_text(json.dumps({**record, "env": env}, indent=2) + "\n")
+        with output_file(save, "--save") as fh:
+            fh.write(json.dumps({**record, "env": env}, indent=2) + "\n")
     if as_json:
         print(json.dumps({**record, "env": env}))
         return

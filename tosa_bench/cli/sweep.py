@@ -1,6 +1,6 @@
 """``tosa-bench sweep``, ``tosa-bench report`` and ``tosa-bench merge``.
 
-The logic lives in :mod:`tosa_bench.sweep` and :mod:`tosa_bench.report`; this module
+The logic lives in :mod:`tosa_bench.sweep` and :mod:`tosa_bench.results`; this module
 only maps options onto a suite, draws progress and prints tables.
 """
 
@@ -12,7 +12,8 @@ from typing import Any, Optional
 
 import typer
 
-from tosa_bench.cli.common import DType, Variant, app, err, guarded, out
+from tosa_bench.cli.common import DType, VARIANT_HELP, app, check_output_file, err, guarded, out, output_file, say
+from tosa_bench.errors import OptionError
 
 SWEEP_HELP = """Measure a grid of models x variants x settings, storing each point.
 
@@ -45,7 +46,8 @@ per point, fsync'd), env.json, suite.toml (the resolved grid), table.md and
 table.csv. --resume DIR measures what is not ok yet; --shard i/n runs 1/n
 of the grid (by sorted config hash); `tosa-bench merge` joins shards.
 
-Exit code 0: every point ok; 1: some points recorded as error or oom;
+Exit code 0: every point ok; 1: some points recorded as error or oom, or
+an internal error (a bug: its traceback file is named; --debug prints it);
 2: bad input (nothing measured).
 """
 
@@ -73,7 +75,7 @@ def weights_table(values: Optional[list[str]], option: str) -> Optional[dict[str
         model, sep, path = v.partition("=")
         key, path = (model, path) if sep and model in MODEL_CONFIGS else ("*", v)
         if key in table:
-            raise ValueError(f"{option}: given twice for {'every model' if key == '*' else key}")
+            raise OptionError(f"{option}: given twice for {'every model' if key == '*' else key}")
         table[key] = path
     return table
 
@@ -140,7 +142,7 @@ def _short(options: dict[str, Any]) -> str:
 def sweep_command(
     suite: Optional[Path] = typer.Option(None, "--suite", help="Suite TOML file (or a name in suites/, e.g. quick, ci)."),
     model: Optional[list[str]] = typer.Option(None, "--model", "-m", help="Model (repeatable); see `tosa-bench models`."),
-    variant: Optional[list[Variant]] = typer.Option(None, "--variant", "-v", help="Variant (repeatable)."),
+    variant: Optional[list[str]] = typer.Option(None, "--variant", "-v", help=VARIANT_HELP + " Repeatable."),
     keep: Optional[list[float]] = typer.Option(None, "--keep", "-k", help="Keep ratio in (0, 1] (repeatable); meaning per variant above."),
     placement: Optional[list[str]] = typer.Option(None, "--placement", help="ToSA/random placement (repeatable): alternate, alternate-even, second-half, all, last:K or indices 3,5,7."),
     tome_r: Optional[list[int]] = typer.Option(None, "--tome-r", help="Explicit ToMe r (repeatable); replaces the keep mapping."),
@@ -189,7 +191,7 @@ def sweep_command(
     if resume is not None:
         given = [k for k, v in overrides.items() if v is not None] + [n for n, v in (("--suite", suite), ("--out", out_dir), ("--shard", shard)) if v is not None]
         if given:
-            raise ValueError(f"resume: --resume runs the grid and settings stored in {resume}/suite.toml; drop {given[0]}")
+            raise OptionError(f"resume: --resume runs the grid and settings stored in {resume}/suite.toml; drop {given[0]}")
         plan = plan_resume(resume)
     else:
         base = load_suite(suite) if suite is not None else Suite()
@@ -205,7 +207,7 @@ def sweep_command(
 def _print_grid(points: list, suite: Any) -> None:
     from rich.table import Table
 
-    from tosa_bench.sweep.match import analytic_gmacs
+    from tosa_bench.measure.analytic import analytic_gmacs
 
     t = Table(title=f"grid of {suite.name}: {len(points)} points (nothing measured)")
     for c in ("hash", "model", "variant", "options", "keeps", "batch", "dtype", "device", "GMACs (formula)"):
@@ -219,7 +221,8 @@ def _print_grid(points: list, suite: Any) -> None:
 
 
 def _run(plan: Any) -> None:
-    from tosa_bench.report import load_run, render
+    from tosa_bench.results import load_run
+    from tosa_bench.results.tables import render
     from tosa_bench.sweep.runner import run_points
     from tosa_bench.sweep.session import write_tables
 
@@ -271,25 +274,29 @@ def report_command(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to this file instead of stdout."),
 ) -> None:
     """The comparison tables of a run again, from its store alone."""
-    from tosa_bench.report import load_run, render
+    from tosa_bench.results import load_run
+    from tosa_bench.results.tables import render
 
+    if output is not None:
+        check_output_file(output, "--output")  # before reading the run
     run = load_run(run_dir)
     if run.torn_tail:
-        err.print(f"note: the last line of {run.path}/records.jsonl is incomplete (a killed run) and was skipped", highlight=False)
+        say(f"note: the last line of {run.path}/records.jsonl is incomplete (a killed run) and was skipped")
     if run.bad_lines:
-        err.print(f"note: unreadable lines {run.bad_lines[:5]} of {run.path}/records.jsonl were skipped", highlight=False)
+        say(f"note: unreadable lines {run.bad_lines[:5]} of {run.path}/records.jsonl were skipped")
     result = render(run, fmt.value)
     if fmt is Format.table:
         if output is not None:
             from rich.console import Console
 
-            with open(output, "w") as fh:
+            with output_file(output, "--output") as fh:
                 Console(file=fh, width=160).print(result)
         else:
             _print_wide(result)
         return
     if output is not None:
-        output.write_text(result)
+        with output_file(output, "--output") as fh:
+            fh.write(result)
     else:
         typer.echo(result, nl=False)
 

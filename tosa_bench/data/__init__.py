@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from tosa_bench.errors import DatasetError
 __all__ = [
     "DatasetError",
     "build_imagenet",
@@ -18,13 +19,6 @@ __all__ = [
     "ImageNetVal",
     "NyuDepth",
 ]
-
-
-class DatasetError(ValueError):
-    """A dataset path or file is unusable; the message is one human-readable line.
-
-    Subclasses ``ValueError`` so callers that only know the standard library still catch it.
-    """
 
 
 _LAZY = {

@@ -35,7 +35,7 @@ from torchvision import transforms
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from tosa_bench.data import DatasetError
+from tosa_bench.errors import DatasetError, OptionError
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -48,7 +48,6 @@ __all__ = [
     "collate_skip_bad",
     "eval_transform",
     "iter_batches",
-    "make_loader",
     "resolve_imagenet_root",
 ]
 
@@ -91,15 +90,22 @@ def resolve_imagenet_root(path: str | os.PathLike[str]) -> Path:
 
     Accepts ``DIR`` holding ``<wnid>/*.JPEG`` directly, or ``DIR`` holding ``val/<wnid>/...``
     (the usual extracted-ImageNet layout). Raises :class:`DatasetError` when the path is
-    missing, not a folder, empty, has no class folders, or no images.
+    missing, not a folder, unreadable, empty, has no class folders, or no images.
     """
     root = Path(path).expanduser()
+    try:
+        return _resolve_root(root)
+    except OSError as err:  # a folder we may not list (permissions), a vanished mount
+        raise DatasetError(f"ImageNet path {root}: cannot be read ({err.strerror or err}: {err.filename or root})") from None
+
+
+def _resolve_root(root: Path) -> Path:
     if not root.exists():
         raise DatasetError(f"ImageNet path not found: {root}")
     if not root.is_dir():
         raise DatasetError(f"ImageNet path is not a directory: {root}")
     if not any(root.iterdir()):
-        raise DatasetError(f"ImageNet directory is empty: {root}")
+        raise DatasetError(f"ImageNet directory is empty: {root} (expected DIR/<wnid>/*.JPEG or DIR/val/<wnid>/*.JPEG)")
     classes = _class_dirs(root)
     if not any(_has_direct_images(c) for c in classes) and (root / "val").is_dir():
         root = root / "val"
@@ -127,7 +133,7 @@ def eval_transform(
     scale to 0..1 float32, normalise per channel. Output: float32 tensor [3, img_size, img_size].
     """
     if not 0.0 < crop_pct <= 1.0:
-        raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
+        raise OptionError(f"crop_pct (--crop-pct): expected a ratio in (0, 1], got {crop_pct}")
     resize = int(img_size / crop_pct)
     return transforms.Compose(
         [
@@ -185,7 +191,10 @@ class ImageNetVal(ImageFolder):
         expected_classes: int | None = None,
     ) -> None:
         resolved = resolve_imagenet_root(root)
-        super().__init__(str(resolved), transform=eval_transform(img_size, crop_pct), allow_empty=True)
+        try:
+            super().__init__(str(resolved), transform=eval_transform(img_size, crop_pct), allow_empty=True)
+        except OSError as err:  # a class folder we may not list
+            raise DatasetError(f"ImageNet path {resolved}: cannot be read ({err.strerror or err}: {err.filename or resolved})") from None
         if expected_classes is not None and len(self.classes) != expected_classes:
             raise DatasetError(
                 f"{resolved} has {len(self.classes)} class folders but the model expects "
@@ -238,7 +247,7 @@ def balanced_subset(samples: Sequence[tuple[str, int]], limit: int) -> list[tupl
     (class, file) order, so it does not depend on anything but the file names.
     """
     if limit < 0:
-        raise ValueError(f"limit must be >= 0, got {limit}")
+        raise OptionError(f"limit must be >= 0, got {limit}")
     by_class: dict[int, list[int]] = {}
     for i, (_, label) in enumerate(samples):
         by_class.setdefault(label, []).append(i)
@@ -285,24 +294,10 @@ def collate_skip_bad(items: Sequence[tuple[Tensor, int] | Unreadable]) -> Batch:
     return Batch(images, labels, bad)
 
 
-def make_loader(
-    dataset: ImageNetVal, batch_size: int = 64, num_workers: int = 0, pin_memory: bool = False
-) -> DataLoader:
-    """In-order (no shuffle) DataLoader using :func:`collate_skip_bad`."""
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        pin_memory=pin_memory,
-        collate_fn=collate_skip_bad,
-        persistent_workers=False,
-    )
-
-
 def iter_batches(loader: DataLoader) -> Iterator[tuple[Tensor, Tensor]]:
-    """Yield ``(images, labels)`` from a :func:`collate_skip_bad` loader, skipping empty
-    batches and recording unreadable files on ``loader.dataset`` (main process)."""
+    """Yield ``(images, labels)`` from a loader made with ``collate_fn=collate_skip_bad``
+    (:func:`tosa_bench.data.loader.make_loader`), skipping empty batches and recording
+    unreadable files on ``loader.dataset`` (main process)."""
     record = getattr(loader.dataset, "record_unreadable", None)
     for batch in loader:
         if batch.unreadable and record is not None:

@@ -32,7 +32,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from tosa_bench.data import DatasetError
+from tosa_bench.errors import DatasetError, OptionError
 from tosa_bench.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
@@ -203,12 +203,18 @@ class NyuListReader:
         if not self.list_file.is_file():
             raise DatasetError(f"NYU list file not found: {self.list_file}")
         if depth_scale <= 0:
-            raise ValueError(f"depth_scale must be > 0, got {depth_scale}")
+            raise OptionError(f"depth_scale must be > 0, got {depth_scale}")
         self.root = Path(data_root) if data_root is not None else self.list_file.parent
         self.depth_scale = float(depth_scale)
         self.pairs: list[tuple[Path, Path]] = []
         self.focals: list[float] = []
-        for lineno, line in enumerate(self.list_file.read_text().splitlines(), 1):
+        try:
+            text = self.list_file.read_text()
+        except UnicodeDecodeError:
+            raise DatasetError(f"{self.list_file}: not a text list file (expected lines 'rgb_path depth_path [focal]')") from None
+        except OSError as exc:
+            raise DatasetError(f"{self.list_file}: cannot be read ({exc.strerror or exc})") from None
+        for lineno, line in enumerate(text.splitlines(), 1):
             parts = line.split()
             if not parts:
                 continue
@@ -343,6 +349,6 @@ def build_nyu(
         indices = range(len(reader))
     if limit is not None:
         if limit < 0:
-            raise ValueError(f"limit must be >= 0, got {limit}")
+            raise OptionError(f"limit must be >= 0, got {limit}")
         indices = list(indices)[:limit]
     return NyuDepth(reader, list(indices), mean, std)

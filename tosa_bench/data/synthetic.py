@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from tosa_bench.data import DatasetError
+from tosa_bench.errors import DatasetError, OptionError, OutputPathError
 
 __all__ = [
     "SHAPES",
@@ -146,9 +146,9 @@ def make_shapes(
     ``annotations.json`` (per image: class, shape, colour, centre and radius in px).
     """
     if not 1 <= num_classes <= len(SHAPES) * len(COLOURS):
-        raise ValueError(f"num_classes must be in 1..{len(SHAPES) * len(COLOURS)}, got {num_classes}")
+        raise OptionError(f"num_classes must be in 1..{len(SHAPES) * len(COLOURS)}, got {num_classes}")
     if size < 32 or n < 1:
-        raise ValueError(f"need size >= 32 and n >= 1, got size={size}, n={n}")
+        raise OptionError(f"shapes: need size >= 32 and n >= 1, got size={size}, n={n}")
     out = Path(out_dir)
     wnids = [f"n{k:08d}" for k in range(num_classes)]
     for w in wnids:
@@ -335,10 +335,10 @@ def make_rooms(
     import scipy.io
 
     if n < 1 or height < 16 or width < height:
-        raise ValueError(f"need n >= 1 and width >= height >= 16, got n={n}, {height}x{width}")
+        raise OptionError(f"rooms: need n >= 1 and width >= height >= 16, got n={n}, {height}x{width}")
     n_test = max(1, round(n * 654 / 1449)) if n_test is None else n_test
     if not 0 < n_test <= n:
-        raise ValueError(f"n_test must be in 1..{n}, got {n_test}")
+        raise OptionError(f"rooms: n_test must be in 1..{n}, got {n_test}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     images = np.empty((n, height, width, 3), np.uint8)
@@ -403,10 +403,14 @@ def make_dataset(
     a multiple of 16 (480 -> 640, 96 -> 128); ``n`` default 16. Returns the folder to pass
     to the matching loader.
     """
-    if kind == "shapes":
-        return make_shapes(out_dir, n=200 if n is None else n, size=224 if size is None else size, seed=seed)
-    if kind == "rooms":
+    if kind not in ("shapes", "rooms"):
+        raise DatasetError(f"unknown synthetic dataset {kind!r}; choose 'shapes' or 'rooms'")
+    try:
+        if kind == "shapes":
+            return make_shapes(out_dir, n=200 if n is None else n, size=224 if size is None else size, seed=seed)
         h = 480 if size is None else size
         w = max(16, int(round(h * 4 / 3 / 16)) * 16)
         return make_rooms(out_dir, n=16 if n is None else n, height=h, width=w, seed=seed)
-    raise DatasetError(f"unknown synthetic dataset {kind!r}; choose 'shapes' or 'rooms'")
+    except OSError as err:  # the folder cannot be created or written (a file in the way, permissions, disk full)
+        where = f" ({err.filename})" if err.filename and str(err.filename) != str(out_dir) else ""
+        raise OutputPathError(f"{out_dir}: cannot write the {kind} dataset there: {err.strerror or err}{where}") from None

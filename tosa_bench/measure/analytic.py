@@ -13,7 +13,8 @@ MLP width:
     norm1 5 n_a D + qkv 3 n_a D^2 + attention 2 n_a^2 D + softmax H n_a^2 + proj n_a D^2
     + norm2 5 n_m D + fc1 n_m D M + GELU n_m M + fc2 n_m M D
 
-plus, where a method acts:
+plus what the method adds where it acts, declared by the method itself
+(:meth:`tosa_bench.methods.registry.Method.extra_macs`), e.g.
 
     ToSA selector reading r query rows of an r x n map (r = n for importance "mean",
     r = 1 for "cls"; hidden C, kernel k): conv1 r n C H k + conv2 r n H C k, then the
@@ -22,18 +23,21 @@ plus, where a method acts:
     ToMe merge at n_a tokens: similarity of the two halves ceil(n_a/2) floor(n_a/2) D/H
     EViT pruning at n_a tokens: the CLS row of the logits n_a D and its softmax H n_a
 
-and once per model: patch embedding P D 3 p^2, final norm 5 n_last D, head D C.
+and once per model: patch embedding P D 3 p^2, final norm 5 n_out D (n_out = the
+tokens the method hands to it: all N for ToSA and random, whose bypassed tokens are put
+back; the last block's output for ToMe and EViT), head D C.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Mapping
 
-from tosa_bench.methods.base import BlockTokens, TokenReducer, kept_count
-from tosa_bench.methods.evit import EViTReducer
-from tosa_bench.methods.tome import ToMeReducer
-from tosa_bench.methods.tosa import ToSAReducer
-from tosa_bench.models.configs import ViTConfig
+from tosa_bench.methods import registry
+from tosa_bench.methods.base import BlockTokens, TokenReducer
+from tosa_bench.models.configs import ViTConfig, get_config
 
 
 @dataclass(frozen=True)
@@ -69,40 +73,30 @@ def block_macs(cfg: ViTConfig, t: BlockTokens) -> int:
     return attention + mlp
 
 
-def selector_macs(num_heads: int, hidden: int, kernel: int, n: int, rows: int) -> int:
-    """MACs of one ToSA selector module on ``rows`` query rows of n keys (two 1-D convs)."""
-    return 2 * rows * n * hidden * num_heads * kernel
-
-
-def method_macs(cfg: ViTConfig, reducer: TokenReducer, counts: list[BlockTokens], block: int) -> tuple[int, int]:
-    """(inside, outside) MACs a method adds to ``block`` on top of :func:`block_macs`."""
-    t = counts[block]
-    H, D = cfg.num_heads, cfg.embed_dim
-    if isinstance(reducer, ToSAReducer):
-        inside = outside = 0
-        if t.selector:
-            sel = reducer.selectors[str(block)]
-            inside += selector_macs(H, sel.hidden, sel.kernel, t.selector, t.selector_rows)
-            outside += H * t.selector_rows * t.selector
-        nxt = counts[block + 1] if block + 1 < len(counts) else None
-        if nxt is not None and nxt.selector and not t.selector and nxt.selector_rows == 1:
-            inside += t.attn * D  # CLS row of this block's logits, read by the next selector
-        return inside, outside
-    if isinstance(reducer, ToMeReducer) and t.mlp < t.attn:
-        return 0, ((t.attn + 1) // 2) * (t.attn // 2) * cfg.head_dim
-    if isinstance(reducer, EViTReducer) and block in reducer.locations and kept_count(reducer.keep, t.attn - 1) < t.attn - 1:
-        return t.attn * D, H * t.attn
-    return 0, 0
-
-
 def analytic_macs(cfg: ViTConfig, reducer: TokenReducer, counts: list[BlockTokens], image_hw: tuple[int, int] | None = None) -> AnalyticMacs:
     """Per-image MACs of a model with ``cfg`` run by ``reducer`` with per-block ``counts``
-    (from ``model.token_counts`` or ``expected_token_counts``)."""
+    (from ``model.token_counts`` or ``registry.expected_token_counts``)."""
+    method = registry.for_reducer(reducer)
     h, w = image_hw or (cfg.img_size, cfg.img_size)
     patches = (h // cfg.patch_size) * (w // cfg.patch_size)
     D = cfg.embed_dim
     embed = patches * D * 3 * cfg.patch_size**2
-    extras = [method_macs(cfg, reducer, counts, i) for i in range(len(counts))]
+    extras = [method.extra_macs(cfg, reducer, counts, i) for i in range(len(counts))]
     blocks = tuple(block_macs(cfg, t) + inside for t, (inside, _) in zip(counts, extras))
-    tail = 5 * counts[-1].mlp * D + (D * cfg.num_classes if cfg.num_classes > 0 else 0)
+    tail = 5 * method.final_tokens(counts, counts[0].attn) * D + (D * cfg.num_classes if cfg.num_classes > 0 else 0)
     return AnalyticMacs(embed=embed, blocks=blocks, outside=tuple(o for _, o in extras), tail=tail)
+
+
+@lru_cache(maxsize=4096)
+def _config_gmacs(model: str, img_size: int | None, variant: str, options_json: str) -> float:
+    cfg = get_config(model, img_size)
+    reducer = registry.bound_reducer(cfg, variant, json.loads(options_json))
+    return analytic_macs(cfg, reducer, registry.expected_token_counts(reducer, cfg.num_tokens)).gmacs
+
+
+def analytic_gmacs(model: str, variant: str, options: Mapping[str, Any], img_size: int | None = None) -> float:
+    """GMACs per image (1e9 multiply-accumulates) of ``model``/``variant`` with ``options``
+    from the closed form alone: no weights, no forward pass, only the method's reducer
+    bound to the config (a few small selector convolutions at most). Instant, so
+    ``--match gmacs`` can search settings with it; cached per configuration."""
+    return _config_gmacs(model, img_size, variant, json.dumps(dict(options), sort_keys=True))

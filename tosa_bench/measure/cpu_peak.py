@@ -28,13 +28,19 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tosa_bench.measure.memory import CPU_RSS_METHOD, MemoryReading
+
+if TYPE_CHECKING:  # pragma: no cover
+    # at run time spec is imported inside the child only: it imports torch, which must
+    # come after the allocator thresholds are pinned
+    from tosa_bench.measure.spec import Point
 
 CPU_PEAK_METHOD = CPU_RSS_METHOD + ", in a fresh process after one warm-up forward"
 
 
-def measure_cpu_peak(point, threads: int, timeout_s: float = 900.0) -> MemoryReading:
+def measure_cpu_peak(point: "Point", threads: int, timeout_s: float = 900.0) -> MemoryReading:
     """Peak RSS (MiB) of one forward of ``point`` on the CPU, from a child process using
     ``threads`` intra-op threads; unavailable with a reason if the child fails or times out
     (the sweep goes on either way)."""
@@ -62,7 +68,7 @@ def _child(config: str, threads: int) -> dict:
     with freed_memory_returned_to_os():  # before anything is allocated, for the child's life
         import torch
 
-        from tosa_bench.measure.point import Point, build_point_model
+        from tosa_bench.measure.spec import Point, build_point_model
         from tosa_bench.precision import autocast
 
         torch.set_num_threads(threads)

@@ -10,9 +10,13 @@ Record units and conventions (every record says them in ``conventions``):
 - ``throughput_img_s``: images/s from the median step time of repeated timed batches
   (after warm-up, device synchronised); ``_low``/``_high`` at the slowest/fastest step.
   A variant is timed in alternating rounds with its dense twin (same weights, batch,
-  dtype, device): ``speedup_paired`` = dense median step / variant median step, with the
-  per-round range ``speedup_paired_min``/``_max``; ratios between separately timed
+  dtype, device): per round, ratio = dense median step / variant median step
+  (``speedup_paired_rounds``, in round order); ``speedup_paired`` = the median of those
+  ratios, ``speedup_paired_min``/``_max`` their range. Ratios between separately timed
   points on a shared machine drift by tens of percent, paired ones do not.
+  ``speedup_ideal`` = dense GMACs / the point's GMACs (formula), ``speedup_efficiency``
+  = ``speedup_paired`` / ``speedup_ideal``. ``benchmarks/tosa_speedup.py`` reports the
+  same fields from the same code.
 - ``latency_ms_p50``/``_p90``: batch-1 forward, milliseconds.
 - ``peak_mem_mb``: MiB. On CUDA: ``torch.cuda.max_memory_allocated`` around one forward
   (tensors only: weights, inputs, activations). On CPU: the rise of the resident
@@ -25,82 +29,21 @@ Record units and conventions (every record says them in ``conventions``):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 import torch
 
 from tosa_bench.build import build_model
 from tosa_bench.measure.analytic import analytic_macs
+from tosa_bench.measure.cpu_peak import measure_cpu_peak
 from tosa_bench.measure.flops import count_macs
+from tosa_bench.measure.spec import MAC_CONVENTION, NonFiniteOutput, Point, Settings, build_point_model, resolve_device
+from tosa_bench.methods import registry
 from tosa_bench.methods.base import TokenReducer
-from tosa_bench.methods.schedule import expected_token_counts
+from tosa_bench.methods.registry import expected_token_counts
 from tosa_bench.precision import autocast
-
-MAC_CONVENTION = "GMACs per image: fvcore multiply-accumulates + handles for SDPA/softmax/GELU; LayerNorm 5/elem; GFLOPs = 2 x GMACs"
-
-
-class NonFiniteOutput(RuntimeError):
-    """The model produced NaN/Inf: the point is recorded as an error, not measured."""
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; CUDA asked for on a
-    machine without one is a ``ValueError``."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device: {device!r} requested but no CUDA device is visible")
-    if not (device == "cpu" or device.startswith("cuda")):
-        raise ValueError(f"device: expected auto, cpu or cuda[:N], got {device!r}")
-    return device
-
-
-@dataclass(frozen=True)
-class Point:
-    """Identity of one measurement: everything that changes its numbers."""
-
-    model: str
-    variant: str
-    options: dict[str, Any] = field(default_factory=dict)
-    batch_size: int = 32
-    dtype: str = "fp32"
-    device: str = "cpu"
-    img_size: int | None = None
-    checkpoint: str | None = None
-    selector: str | None = None
-    compile: bool = False
-
-    def config(self) -> dict[str, Any]:
-        """Canonical JSON-able form (options sorted, lists for tuples)."""
-        d = asdict(self)
-        d["options"] = json.loads(json.dumps(self.options, sort_keys=True))
-        return d
-
-    def config_hash(self) -> str:
-        """Stable 16-hex-digit hash of :meth:`config`."""
-        blob = json.dumps(self.config(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-@dataclass(frozen=True)
-class Settings:
-    """How to measure (not part of a point's identity)."""
-
-    timing: bool = True
-    latency: bool = True
-    memory: bool = True
-    warmup: int = 10
-    repeats: int = 40
-    time_budget_s: float | None = None  # throughput phase; latency gets half of it
-    paired: bool = True  # time a variant in alternating rounds with its dense twin
-
-
-def build_point_model(point: Point):
-    return build_model(point.model, point.variant, checkpoint=point.checkpoint, selector=point.selector, img_size=point.img_size, **point.options)
 
 
 def count_point(model, point: Point) -> dict[str, Any]:
@@ -145,7 +88,6 @@ def _check_finite(model, point: Point, device: str) -> None:
 
 
 def _memory(model, point: Point, device: str) -> dict[str, Any]:
-    from tosa_bench.measure.cpu_peak import measure_cpu_peak
     from tosa_bench.measure.memory import gpu_peak_tensor_memory, nvml_index_for_cuda_device, nvml_process_memory
 
     dev = torch.device(device)
@@ -186,13 +128,17 @@ def _throughput(model, point: Point, settings: Settings, device: str) -> dict[st
     """Throughput fields. A variant is timed in alternating rounds with the dense model of
     the same name, weights, batch, dtype and device (``settings.paired``), so its
     ``speedup_paired`` is a ratio measured under the same conditions; dense, or
-    ``paired=False``, is timed alone."""
+    ``paired=False``, is timed alone. Without a checkpoint the dense twin takes the
+    variant's backbone weights, so the two differ only in the method."""
     from tosa_bench.measure.timing import default_timer, measure_paired, measure_throughput
 
-    if not settings.paired or point.variant == "dense":
+    if not settings.paired or registry.is_dense(point.variant):
         tp = measure_throughput(model, point.batch_size, model.cfg.img_size, device, point.dtype, settings.warmup, settings.repeats, settings.time_budget_s, point.compile)
         return _throughput_fields(tp["images_per_s"], tp["images_per_s_low"], tp["images_per_s_high"], tp["step_time_s_median"], tp["step_time_s_p10"], tp["step_time_s_p90"], tp["repeats"], tp["warmup_steps"], tp["timer"])
-    dense = build_model(point.model, "dense", checkpoint=point.checkpoint, img_size=point.img_size).to(device).eval()
+    dense = build_model(point.model, registry.DENSE, checkpoint=point.checkpoint, img_size=point.img_size)
+    if point.checkpoint is None:
+        dense.load_state_dict(model.state_dict(), strict=False)  # the method's own modules are not dense's
+    dense = dense.to(device).eval()
     runners = [torch.compile(m) if point.compile else m for m in (dense, model.eval())]
     dev = torch.device(device)
     images = torch.randn(point.batch_size, 3, model.cfg.img_size, model.cfg.img_size, generator=torch.Generator().manual_seed(0)).to(dev)
@@ -205,7 +151,8 @@ def _throughput(model, point: Point, settings: Settings, device: str) -> dict[st
         return step
 
     pair = measure_paired(step_of(runners[0]), step_of(runners[1]), default_timer(dev), warmup=max(settings.warmup, int(point.compile)),
-                          steps_per_round=2, max_rounds=max(2, settings.repeats // 2), time_budget_s=settings.time_budget_s)
+                          steps_per_round=settings.pair_steps, max_rounds=max(2, settings.repeats // settings.pair_steps),
+                          time_budget_s=settings.time_budget_s)
     b, a = pair.b, pair.a
     out = _throughput_fields(point.batch_size / b.median_s, point.batch_size / b.max_s, point.batch_size / b.min_s, b.median_s, b.p10_s, b.p90_s, b.repeats, b.warmup_steps, b.timer)
     out.update(
@@ -213,7 +160,9 @@ def _throughput(model, point: Point, settings: Settings, device: str) -> dict[st
         speedup_paired=pair.speedup,
         speedup_paired_min=min(pair.round_ratios),
         speedup_paired_max=max(pair.round_ratios),
+        speedup_paired_rounds=list(pair.round_ratios),
         pair_rounds=len(pair.round_ratios),
+        pair_steps=settings.pair_steps,
     )
     return out
 

@@ -22,6 +22,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 import torch
 
+from tosa_bench.errors import OptionError
 from tosa_bench.precision import autocast, resolve_autocast
 from torch import nn
 
@@ -95,7 +96,7 @@ def default_timer(device: torch.device | str) -> StepTimer:
         return CudaEventTimer(dev)
     if dev.type == "cpu":
         return PerfCounterTimer()
-    raise ValueError(f"device: timing supports 'cpu' and 'cuda', got {str(dev)!r}")
+    raise OptionError(f"device: timing supports 'cpu' and 'cuda', got {str(dev)!r}")
 
 
 def _percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -195,7 +196,7 @@ class TimingStats:
     def throughput(self, batch_size: int) -> Throughput:
         """Images/s from the median step time, with the values at the max and min step."""
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise OptionError(f"batch_size must be >= 1, got {batch_size}")
         return Throughput(
             batch_size=batch_size,
             images_per_s=batch_size / self.median_s,
@@ -243,9 +244,9 @@ def measure(
     ``repeats`` steps run.
     """
     if warmup < 0 or repeats < 1:
-        raise ValueError(f"need warmup >= 0 and repeats >= 1, got warmup={warmup}, repeats={repeats}")
+        raise OptionError(f"need warmup >= 0 and repeats >= 1, got warmup={warmup}, repeats={repeats}")
     if time_budget_s is not None and not time_budget_s > 0:
-        raise ValueError(f"time_budget_s must be > 0 seconds, got {time_budget_s}")
+        raise OptionError(f"time budget: expected a number of seconds > 0, got {time_budget_s}")
     floor = max(1, min(min_repeats, repeats))
 
     warm_time, warm_steps = 0.0, 0
@@ -298,7 +299,7 @@ def _run(
     dev = torch.device(device)
     resolve_autocast(dtype, dev)  # validates dtype before any work
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise OptionError(f"batch_size must be >= 1, got {batch_size}")
     h, w = _image_hw(img_size)
     model = model.eval().to(dev)
     runner: Callable[..., Any] = torch.compile(model) if compile else model
@@ -401,7 +402,7 @@ def measure_paired(
     before ``min_rounds``, and each warm-up stops early as :func:`measure` does, against
     half the budget (so after one step once it has used 1/8 of the whole)."""
     if steps_per_round < 1 or max_rounds < 1:
-        raise ValueError(f"need steps_per_round >= 1 and max_rounds >= 1, got {steps_per_round}, {max_rounds}")
+        raise OptionError(f"need steps_per_round >= 1 and max_rounds >= 1, got {steps_per_round}, {max_rounds}")
     times: dict[str, list[float]] = {"a": [], "b": []}
     warm = {"a": (0, 0.0), "b": (0, 0.0)}
     ratios: list[float] = []

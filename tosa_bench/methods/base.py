@@ -14,6 +14,8 @@ from typing import Sequence
 
 from torch import Tensor, nn
 
+from tosa_bench.errors import OptionError
+
 
 @dataclass(frozen=True)
 class BlockTokens:
@@ -54,13 +56,29 @@ class ReducerOutput:
     intermediates: dict[int, Tensor] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class BlockSelection:
+    """What a method did to the tokens of one block in the last forward, in original
+    token positions (0 = CLS, 1..N-1 = patches in raster order), for token pictures.
+
+    kind: ``"ran"`` (ToSA, random: ``index`` (B, k+1) are the tokens that ran the block;
+    the others bypassed it), ``"kept"`` (EViT: ``index`` (B, k+1) are the tokens kept
+    after the block's attention; the others were dropped or fused), ``"merged"`` (ToMe:
+    ``index`` (B, N) gives, for every original token, the merged token it belongs to after
+    this block, so equal values form one group).
+    """
+
+    kind: str
+    index: Tensor
+
+
 def validate_keep(keep: float) -> float:
-    """Keep ratio in (0, 1]; anything else (incl. NaN, bool) is a ``ValueError`` naming ``keep``."""
+    """Keep ratio in (0, 1]; anything else (incl. NaN, bool) is an ``OptionError`` naming ``keep``."""
     if isinstance(keep, bool) or not isinstance(keep, (int, float)):
-        raise ValueError(f"keep must be a number in (0, 1], got {keep!r}")
+        raise OptionError(f"keep must be a number in (0, 1], got {keep!r}")
     keep = float(keep)
     if math.isnan(keep) or not 0.0 < keep <= 1.0:
-        raise ValueError(f"keep must be in (0, 1], got {keep!r}")
+        raise OptionError(f"keep must be in (0, 1], got {keep!r}")
     return keep
 
 
@@ -71,16 +89,16 @@ def kept_count(keep: float, n: int) -> int:
 
 
 def validate_block_indices(name: str, indices: Sequence[int], depth: int, lowest: int = 0) -> tuple[int, ...]:
-    """Sorted unique 0-based block indices in [lowest, depth); ``ValueError`` naming ``name``."""
+    """Sorted unique 0-based block indices in [lowest, depth); ``OptionError`` naming ``name``."""
     out = []
     for i in indices:
         if isinstance(i, bool) or not isinstance(i, int):
-            raise ValueError(f"{name}: block index {i!r} is not an integer")
+            raise OptionError(f"{name}: block index {i!r} is not an integer")
         if not lowest <= i < depth:
-            raise ValueError(f"{name}: block index {i} out of range [{lowest}, {depth - 1}] for a {depth}-block model")
+            raise OptionError(f"{name}: block index {i} out of range [{lowest}, {depth - 1}] for a {depth}-block model")
         out.append(i)
     if len(set(out)) != len(out):
-        raise ValueError(f"{name}: repeated block index in {list(indices)}")
+        raise OptionError(f"{name}: repeated block index in {list(indices)}")
     return tuple(sorted(out))
 
 
@@ -100,7 +118,9 @@ class TokenReducer(nn.Module):
 
     Subclasses override :meth:`bind` (to validate options against the model's shape)
     and :meth:`forward`. After each forward, ``token_counts`` lists a ``BlockTokens``
-    per block.
+    per block and ``last_selection`` maps each block the method acted on to a
+    :class:`BlockSelection` (empty for dense). Each method is declared to the rest of the
+    project in :mod:`tosa_bench.methods.registry`.
     """
 
     variant = "dense"
@@ -108,6 +128,7 @@ class TokenReducer(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.token_counts: list[BlockTokens] = []
+        self.last_selection: dict[int, BlockSelection] = {}
         self.depth = 0
 
     def bind(self, cfg) -> None:

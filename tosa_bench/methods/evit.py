@@ -18,12 +18,14 @@ that block's attention); fused tokens have no position of their own and are left
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from tosa_bench.errors import OptionError
 from tosa_bench.methods.base import (
+    BlockSelection,
     BlockTokens,
     ReducerOutput,
     TokenReducer,
@@ -33,6 +35,7 @@ from tosa_bench.methods.base import (
     validate_block_indices,
     validate_keep,
 )
+from tosa_bench.methods.registry import GridEntry, Knobs, Method, OptionSpec, register
 
 
 def default_locations(depth: int) -> tuple[int, ...]:
@@ -49,7 +52,7 @@ class EViTReducer(TokenReducer):
         super().__init__()
         self.keep = validate_keep(keep)
         if not isinstance(fuse, bool):
-            raise ValueError(f"fuse must be True or False, got {fuse!r}")
+            raise OptionError(f"fuse must be True or False, got {fuse!r}")
         self.fuse = fuse
         self.locations_spec = locations
         self.locations: tuple[int, ...] = ()
@@ -58,7 +61,7 @@ class EViTReducer(TokenReducer):
         super().bind(cfg)
         spec = default_locations(cfg.depth) if self.locations_spec is None else list(self.locations_spec)
         if not spec:
-            raise ValueError("locations: no block selected")
+            raise OptionError("locations: no block selected")
         self.locations = validate_block_indices("locations", spec, cfg.depth)
 
     def options(self) -> dict:
@@ -71,6 +74,7 @@ class EViTReducer(TokenReducer):
         position = torch.arange(n0, device=x.device).expand(B, -1)
         store: Tensor | None = None  # (B, n0 + 1, D) last features of dropped tokens; row n0 is a bin
         counts, inter = [], {}
+        self.last_selection = {}
 
         def full_map(cur: Tensor) -> Tensor:
             if store is None:
@@ -99,6 +103,7 @@ class EViTReducer(TokenReducer):
                     parts.append((gather_tokens(h, drop_idx) * weight).sum(dim=1, keepdim=True))
                     new_position.append(position.new_full((B, 1), n0))
                 h = torch.cat(parts, dim=1)
+                self.last_selection[i] = BlockSelection("kept", new_position[0])
                 position = torch.cat(new_position, dim=1)
             x = blk.feedforward(h)
             counts.append(BlockTokens(n, x.shape[1]))
@@ -106,3 +111,77 @@ class EViTReducer(TokenReducer):
                 inter[i] = full_map(x)
         self.token_counts = counts
         return ReducerOutput(tokens=x, full=full_map(x) if need_full else None, intermediates=inter)
+
+
+# --------------------------------------------------------------------------- declaration
+class EViTMethod(Method):
+    """EViT declared to the registry. In ``last_selection`` a kept index equal to N (the
+    input token count) stands for a fused token of an earlier location."""
+
+    name = "evit"
+    display = "EViT"
+    order = 3
+    summary = "at a few blocks, keep the patches the CLS token attends to most; fuse the rest into one token"
+    keep_meaning = "keep rate at each pruning block (ceil(keep (n - 1)) of the current patches; it compounds)"
+    options = (
+        OptionSpec("keep", "float", 0.7, "(0, 1]", "keep rate at each pruning block", validate_keep),
+        OptionSpec("locations", "list[int] | None", None, "0-based block indices (None: 4th/7th/10th of 12, scaled)", "pruning blocks"),
+        OptionSpec("fuse", "bool", True, "true, false", "fuse the dropped tokens into one, weighted by CLS attention"),
+    )
+
+    def reducer(self, **options: Any) -> EViTReducer:
+        return EViTReducer(**options)
+
+    def natural_options(self, keep, cfg, knobs: Knobs = Knobs()) -> dict[str, Any]:
+        opts: dict[str, Any] = {"keep": 0.7 if keep is None else keep, "fuse": knobs.fuse}
+        if knobs.evit_locations:
+            opts["locations"] = list(knobs.evit_locations[0])
+        return opts
+
+    def grid_options(self, keep, cfg, knobs: Knobs) -> list[GridEntry]:
+        if keep is None:
+            return []
+        return [GridEntry(self.natural_options(keep, cfg, self._at(locs, knobs))) for locs in knobs.evit_locations or (None,)]
+
+    def match_gmacs(self, keep, cfg, knobs, target_gmacs, gmacs_of):
+        """Per location list, the keep rate on a 0.01 grid (0.01 .. 1.00, fused) whose cost
+        is closest to the target; among equal costs the keep nearest the grid's keep."""
+        out = []
+        for locs in knobs.evit_locations or (None,):
+            base = self.natural_options(1.0, cfg, self._at(locs, Knobs(fuse=knobs.fuse)))
+            best = min((abs(gmacs_of({**base, "keep": step / 100}) - target_gmacs), abs(step / 100 - keep), step)
+                       for step in range(1, 101))
+            opts = {**base, "keep": round(best[2] / 100, 2)}
+            out.append((opts, gmacs_of(opts)))
+        return out
+
+    @staticmethod
+    def _at(locations, knobs: Knobs) -> Knobs:
+        return Knobs(evit_locations=(tuple(locations),) if locations is not None else (), fuse=knobs.fuse)
+
+    def token_counts(self, reducer, num_tokens: int) -> list[BlockTokens]:
+        out, n = [], num_tokens
+        for i in range(reducer.depth):
+            k = kept_count(reducer.keep, n - 1)
+            m = k + 1 + int(reducer.fuse) if (i in reducer.locations and k < n - 1) else n
+            out.append(BlockTokens(n, m))
+            n = m
+        return out
+
+    def extra_macs(self, cfg, reducer, counts, block: int) -> tuple[int, int]:
+        """At a pruning block: the CLS row of the logits, n D (inside the block), and its
+        softmax, H n (outside)."""
+        t = counts[block]
+        if block in reducer.locations and kept_count(reducer.keep, t.attn - 1) < t.attn - 1:
+            return t.attn * cfg.embed_dim, cfg.num_heads * t.attn
+        return 0, 0
+
+    def setting_label(self, options: Mapping[str, Any], record: Mapping[str, Any]) -> str:
+        locs = options.get("locations")
+        parts = [f"keep {options.get('keep')}" + (f" @ {','.join(map(str, locs))}" if locs else "")]
+        if options.get("fuse") is False:
+            parts.append("no fuse")
+        return ", ".join(parts)
+
+
+EVIT = register(EViTMethod())

@@ -19,12 +19,14 @@ map, and the position map of original tokens is composed with it at each block.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from tosa_bench.methods.base import BlockTokens, ReducerOutput, TokenReducer, gather_tokens
+from tosa_bench.errors import OptionError
+from tosa_bench.methods.base import BlockSelection, BlockTokens, ReducerOutput, TokenReducer, gather_tokens, validate_keep
+from tosa_bench.methods.registry import GridEntry, Knobs, Method, OptionSpec, register
 
 SCHEDULES = ("constant", "decreasing")
 
@@ -85,20 +87,20 @@ def r_schedule(r: int | Sequence[int], depth: int, schedule: str = "constant") -
     """
     if isinstance(r, (list, tuple)):
         if len(r) != depth:
-            raise ValueError(f"r: a per-block list needs {depth} entries, got {len(r)}")
+            raise OptionError(f"r: a per-block list needs {depth} entries, got {len(r)}")
         values = list(r)
     else:
         if isinstance(r, bool) or not isinstance(r, int):
-            raise ValueError(f"r must be a non-negative integer or a list of them, got {r!r}")
+            raise OptionError(f"r must be a non-negative integer or a list of them, got {r!r}")
         if schedule == "constant":
             values = [r] * depth
         elif schedule == "decreasing":
             values = [round(2 * r * (depth - 1 - i) / max(depth - 1, 1)) for i in range(depth)]
         else:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+            raise OptionError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     for v in values:
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise ValueError(f"r must be a non-negative integer (per block), got {v!r}")
+            raise OptionError(f"r must be a non-negative integer (per block), got {v!r}")
     return tuple(values)
 
 
@@ -111,7 +113,7 @@ class ToMeReducer(TokenReducer):
     def __init__(self, r: int | Sequence[int] = 8, prop_attn: bool = True, schedule: str = "constant") -> None:
         super().__init__()
         if not isinstance(prop_attn, bool):
-            raise ValueError(f"prop_attn must be True or False, got {prop_attn!r}")
+            raise OptionError(f"prop_attn must be True or False, got {prop_attn!r}")
         r_schedule(r, 1 if not isinstance(r, (list, tuple)) else len(r), schedule)  # validate early
         self.r, self.prop_attn, self.schedule = r, prop_attn, schedule
         self.per_block: tuple[int, ...] = ()
@@ -129,6 +131,7 @@ class ToMeReducer(TokenReducer):
         source = torch.arange(n0, device=x.device).expand(B, -1)  # original token -> current index
         merged_any = False
         counts, inter = [], {}
+        self.last_selection = {}
         for i, blk in enumerate(blocks):
             bias = size.log().squeeze(-1)[:, None, None, :] if (self.prop_attn and merged_any) else None
             h, att = blk.attention(x, bias=bias)
@@ -139,9 +142,78 @@ class ToMeReducer(TokenReducer):
                 h, size = merge_weighted(h, size, new_index, n_out)
                 source = new_index.gather(1, source)
                 merged_any = True
+                self.last_selection[i] = BlockSelection("merged", source)
             x = blk.feedforward(h)
             counts.append(BlockTokens(n, x.shape[1]))
             if i in collect:
                 inter[i] = gather_tokens(x, source)
         self.token_counts = counts
         return ReducerOutput(tokens=x, full=gather_tokens(x, source) if need_full else None, intermediates=inter)
+
+
+# --------------------------------------------------------------------------- declaration
+def tome_r_for_keep(keep: float, num_tokens: int, depth: int) -> int:
+    """ToMe's r for a keep ratio: about ``keep`` of the patch tokens are left after the
+    last block, r = round((1 - keep)(N - 1) / L) (keep 0.5 on DeiT-S/224: r = 8)."""
+    return max(0, round((1.0 - keep) * (num_tokens - 1) / depth))
+
+
+class ToMeMethod(Method):
+    """ToMe declared to the registry."""
+
+    name = "tome"
+    display = "ToMe"
+    order = 2
+    summary = "bipartite soft matching merges r tokens per block (size-weighted), between attention and MLP"
+    keep_meaning = "r = round((1 - keep)(N - 1)/L) tokens merged per block, so about keep of the patches are left at the end"
+    options = (
+        OptionSpec("r", "int | list[int]", 8, "integer >= 0, or one per block", "tokens merged per block"),
+        OptionSpec("prop_attn", "bool", True, "true, false", "proportional attention: + log(size) on the logits"),
+        OptionSpec("schedule", "str", "constant", ", ".join(SCHEDULES), "constant r, or linear from 2r to 0"),
+    )
+
+    def reducer(self, **options: Any) -> ToMeReducer:
+        return ToMeReducer(**options)
+
+    def natural_options(self, keep, cfg, knobs: Knobs = Knobs()) -> dict[str, Any]:
+        if knobs.tome_r:
+            return {"r": knobs.tome_r[0]}
+        return {"r": tome_r_for_keep(0.5 if keep is None else validate_keep(keep), cfg.num_tokens, cfg.depth)}
+
+    def grid_options(self, keep, cfg, knobs: Knobs) -> list[GridEntry]:
+        # explicit r values are points of their own, not tied to a keep
+        if keep is None:
+            return [GridEntry({"r": r}) for r in knobs.tome_r]
+        return [] if knobs.tome_r else [GridEntry(self.natural_options(keep, cfg, Knobs()))]
+
+    def match_gmacs(self, keep, cfg, knobs, target_gmacs, gmacs_of):
+        """A constant r per block, r = 0 .. (N - 1) // 2 (the most a block can merge); the
+        r closest to the target wins, ties to the smaller r."""
+        best = min((abs(gmacs_of({"r": r}) - target_gmacs), r) for r in range(0, (cfg.num_tokens - 1) // 2 + 1))
+        return [({"r": best[1]}, gmacs_of({"r": best[1]}))]
+
+    def token_counts(self, reducer, num_tokens: int) -> list[BlockTokens]:
+        out, n = [], num_tokens
+        for r in reducer.per_block:
+            m = n - min(r, max_merge(n))
+            out.append(BlockTokens(n, m))
+            n = m
+        return out
+
+    def extra_macs(self, cfg, reducer, counts, block: int) -> tuple[int, int]:
+        """The matching: similarity of the two halves, ceil(n/2) floor(n/2) D/H (outside)."""
+        t = counts[block]
+        if t.mlp < t.attn:
+            return 0, ((t.attn + 1) // 2) * (t.attn // 2) * cfg.head_dim
+        return 0, 0
+
+    def setting_label(self, options: Mapping[str, Any], record: Mapping[str, Any]) -> str:
+        parts = [f"r={options.get('r')}"]
+        if options.get("schedule", "constant") != "constant":
+            parts.append(str(options["schedule"]))
+        if options.get("prop_attn") is False:
+            parts.append("no prop-attn")
+        return ", ".join(parts)
+
+
+TOME = register(ToMeMethod())

@@ -47,13 +47,15 @@ restore) but with tokens chosen uniformly at random, to compare any rule with ch
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tosa_bench.errors import OptionError
 from tosa_bench.methods.base import (
+    BlockSelection,
     BlockTokens,
     ReducerOutput,
     TokenReducer,
@@ -63,6 +65,7 @@ from tosa_bench.methods.base import (
     validate_block_indices,
     validate_keep,
 )
+from tosa_bench.methods.registry import GridEntry, Knobs, Method, OptionSpec, register
 from tosa_bench.models.chunks import chunk_size
 
 PLACEMENT_SCHEMES = {
@@ -79,7 +82,7 @@ def parse_placement(placement: str | Sequence[int], depth: int) -> tuple[int, ..
     """Resolve a placement to sorted 0-based block indices in [1, depth).
 
     Accepts a scheme name from ``PLACEMENT_SCHEMES``, a comma-separated string of
-    indices ("3,5,7") or a sequence of ints. Raises ``ValueError`` naming ``placement``.
+    indices ("3,5,7") or a sequence of ints. Raises ``OptionError`` naming ``placement``.
     """
     if isinstance(placement, str):
         text = placement.strip().lower()
@@ -95,19 +98,19 @@ def parse_placement(placement: str | Sequence[int], depth: int) -> tuple[int, ..
             try:
                 n = int(text.split(":", 1)[1])
             except ValueError:
-                raise ValueError(f"placement: {placement!r} needs an integer after 'last:'") from None
+                raise OptionError(f"placement: {placement!r} needs an integer after 'last:'") from None
             if not 1 <= n <= depth - 1:
-                raise ValueError(f"placement: {placement!r} must name 1..{depth - 1} blocks")
+                raise OptionError(f"placement: {placement!r} must name 1..{depth - 1} blocks")
             idx = list(range(depth - n, depth))
         elif text and all(part.strip().lstrip("-").isdigit() for part in text.split(",")):
             idx = [int(part) for part in text.split(",")]
         else:
             known = ", ".join(PLACEMENT_SCHEMES)
-            raise ValueError(f"placement: unknown scheme {placement!r}; use one of {known} or a list like '3,5,7'")
+            raise OptionError(f"placement: unknown scheme {placement!r}; use one of {known} or a list like '3,5,7'")
     else:
         idx = list(placement)
     if not idx:
-        raise ValueError("placement: no block selected")
+        raise OptionError("placement: no block selected")
     return validate_block_indices("placement", idx, depth, lowest=1)
 
 
@@ -133,9 +136,9 @@ class TokenSelector(nn.Module):
         super().__init__()
         hidden = 2 * num_heads if hidden is None else hidden
         if hidden < 2 * num_heads:
-            raise ValueError(f"selector_hidden must be >= 2 x heads = {2 * num_heads} (needed for the identity start), got {hidden}")
+            raise OptionError(f"selector_hidden must be >= 2 x heads = {2 * num_heads} (needed for the identity start), got {hidden}")
         if kernel < 1 or kernel % 2 == 0:
-            raise ValueError(f"selector_kernel must be a positive odd integer, got {kernel}")
+            raise OptionError(f"selector_kernel must be a positive odd integer, got {kernel}")
         self.num_heads, self.hidden, self.kernel = num_heads, hidden, kernel
         self.conv1 = nn.Conv1d(num_heads, hidden, kernel, padding=kernel // 2)
         self.conv2 = nn.Conv1d(hidden, num_heads, kernel, padding=kernel // 2)
@@ -227,7 +230,7 @@ class ToSAReducer(TokenReducer):
         super().__init__()
         self.keep = validate_keep(keep)
         if importance not in IMPORTANCE_RULES:
-            raise ValueError(f"importance must be one of {IMPORTANCE_RULES}, got {importance!r}")
+            raise OptionError(f"importance must be one of {IMPORTANCE_RULES}, got {importance!r}")
         self.importance = importance
         self.placement_spec = placement
         self.selector_hidden, self.selector_kernel = selector_hidden, selector_kernel
@@ -235,7 +238,6 @@ class ToSAReducer(TokenReducer):
         self.selectors = nn.ModuleDict()
         self.record_predictions = False
         self.predictions: dict[int, Tensor] = {}
-        self.selections: dict[int, Tensor] = {}  # block -> (B, k+1) tokens that ran it, last forward
 
     def bind(self, cfg) -> None:
         super().bind(cfg)
@@ -272,11 +274,11 @@ class ToSAReducer(TokenReducer):
         logits_kind = "cls" if self.importance == "cls" else True
         rows = 1 if self.importance == "cls" else n
         counts, inter, maps = [], {}, None
-        self.predictions, self.selections = {}, {}
+        self.predictions, self.last_selection = {}, {}
         for i, blk in enumerate(blocks):
             if i in active:
                 idx, maps = self.choose(i, x, maps, k, keep_logits=i + 1 in active)
-                self.selections[i] = idx
+                self.last_selection[i] = BlockSelection("ran", idx)
                 x = scatter_tokens(x, idx, blk(gather_tokens(x, idx)))
                 counts.append(BlockTokens(k + 1, k + 1, n, rows) if self.uses_maps else BlockTokens(k + 1, k + 1))
             else:
@@ -303,7 +305,7 @@ class RandomReducer(ToSAReducer):
     def __init__(self, keep: float = 0.5, placement: str | Sequence[int] = "alternate", seed: int = 0) -> None:
         super().__init__(keep=keep, placement=placement)
         if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"seed must be an integer, got {seed!r}")
+            raise OptionError(f"seed must be an integer, got {seed!r}")
         self.seed = seed
         self._generator: torch.Generator | None = None
 
@@ -315,3 +317,140 @@ class RandomReducer(ToSAReducer):
             self._generator = torch.Generator(device=x.device).manual_seed(self.seed)
         scores = torch.rand(x.shape[0], x.shape[1] - 1, generator=self._generator, device=x.device)
         return _with_cls(scores.topk(k, dim=1).indices), None
+
+
+# --------------------------------------------------------------------------- declarations
+def placement_label(p: str | Sequence[int] | None) -> str | None:
+    """The grid label of a placement spec: 'alternate' -> 'alternate'; (3, 5, 7) -> '3,5,7'."""
+    if p is None or isinstance(p, str):
+        return p
+    return ",".join(str(i) for i in p)
+
+
+def _placement_option(p: str | Sequence[int] | None) -> str | list[int] | None:
+    return p if p is None or isinstance(p, str) else [int(i) for i in p]
+
+
+def selector_macs(num_heads: int, hidden: int, kernel: int, n: int, rows: int) -> int:
+    """MACs of one selector module on ``rows`` query rows of ``n`` keys: its two 1-D
+    convolutions, H -> C and C -> H channels, kernel k, per (row, key) position."""
+    return 2 * rows * n * hidden * num_heads * kernel
+
+
+class ToSAMethod(Method):
+    """ToSA declared to the registry (see the module docstring for the mechanism)."""
+
+    name = "tosa"
+    display = "ToSA"
+    order = 1
+    summary = "a selector predicts the next block's attention; the top-k tokens run the block, the others bypass it"
+    keep_meaning = "share of patch tokens that run each selected block: k = ceil(keep (N - 1)), CLS always runs"
+    accepts_selector = True
+    match_target = True
+    options = (
+        OptionSpec("keep", "float", 0.5, "(0, 1]", "share of patch tokens that run each selected block", validate_keep),
+        OptionSpec("placement", "str | list[int]", "alternate", ", ".join(PLACEMENT_SCHEMES) + ", or 0-based indices >= 1 like 3,5,7",
+                   "blocks that carry a selector"),
+        OptionSpec("importance", "str", "mean", ", ".join(IMPORTANCE_RULES),
+                   "mean: predicted attention received over heads and queries; cls: from the CLS query only"),
+        OptionSpec("selector_hidden", "int | None", None, ">= 2 x heads (None: 2 x heads)", "selector hidden channels"),
+        OptionSpec("selector_kernel", "int", 3, "positive odd", "selector kernel along the keys"),
+    )
+
+    def reducer(self, **options: Any) -> ToSAReducer:
+        return ToSAReducer(**options)
+
+    def natural_options(self, keep, cfg, knobs: Knobs = Knobs()) -> dict[str, Any]:
+        opts = self._keep_and_placement(keep, knobs)
+        if knobs.importance is not None and knobs.importance != "mean":
+            opts["importance"] = knobs.importance  # "mean" is the default: left out so hashes stay put
+        return opts
+
+    @staticmethod
+    def _keep_and_placement(keep: float | None, knobs: Knobs) -> dict[str, Any]:
+        """keep (default 0.5) and the first placement knob (left out when none: the
+        default placement, so config hashes stay put)."""
+        opts: dict[str, Any] = {"keep": 0.5 if keep is None else keep}
+        if knobs.placements:
+            opts["placement"] = _placement_option(knobs.placements[0])
+        return opts
+
+    def grid_options(self, keep, cfg, knobs: Knobs) -> list[GridEntry]:
+        if keep is None:
+            return []
+        out = []
+        for p in knobs.placements or (None,):
+            one = Knobs(placements=(p,) if p is not None else (), importance=knobs.importance, seed=knobs.seed)
+            out.append(GridEntry(self.natural_options(keep, cfg, one), placement_label(p)))
+        return out
+
+    def token_counts(self, reducer, num_tokens: int) -> list[BlockTokens]:
+        n = num_tokens
+        k = kept_count(reducer.keep, n - 1)
+        active = set(reducer.placement) if k < n - 1 else set()
+        if reducer.uses_maps:
+            ran = BlockTokens(k + 1, k + 1, n, 1 if reducer.importance == "cls" else n)
+        else:
+            ran = BlockTokens(k + 1, k + 1)
+        return [ran if i in active else BlockTokens(n, n) for i in range(reducer.depth)]
+
+    def extra_macs(self, cfg, reducer, counts, block: int) -> tuple[int, int]:
+        """The selector's two convolutions (inside, under ``reducer.selectors.<i>``) and the
+        softmax of its predicted logits (outside); under the "cls" rule the block before
+        also computes the CLS row of its logits (n D, inside that block)."""
+        t = counts[block]
+        inside = outside = 0
+        if t.selector:
+            sel = reducer.selectors[str(block)]
+            inside += selector_macs(cfg.num_heads, sel.hidden, sel.kernel, t.selector, t.selector_rows)
+            outside += cfg.num_heads * t.selector_rows * t.selector
+        nxt = counts[block + 1] if block + 1 < len(counts) else None
+        if nxt is not None and nxt.selector and not t.selector and nxt.selector_rows == 1:
+            inside += t.attn * cfg.embed_dim
+        return inside, outside
+
+    def final_tokens(self, counts, num_tokens: int) -> int:
+        # tokens that bypass a block are put back: the final norm sees every token
+        return num_tokens
+
+    def setting_label(self, options: Mapping[str, Any], record: Mapping[str, Any]) -> str:
+        parts = [f"keep {options.get('keep')} @ {self._place(options, record)}"]
+        if options.get("importance", "mean") != "mean":
+            parts.append(f"importance {options['importance']}")
+        if record.get("selector"):
+            parts.append("trained selectors")
+        return ", ".join(parts)
+
+    @staticmethod
+    def _place(options: Mapping[str, Any], record: Mapping[str, Any]) -> str:
+        p = options.get("placement", "default")
+        return record.get("placement_label") or (",".join(map(str, p)) if isinstance(p, list) else str(p))
+
+
+class RandomMethod(ToSAMethod):
+    """The random control declared to the registry: ToSA's mechanism, random tokens."""
+
+    name = "random"
+    display = "Random (control)"
+    order = 4
+    summary = "ToSA's bypass mechanism with tokens drawn uniformly at random (the control)"
+    accepts_selector = False
+    match_target = False
+    options = (
+        ToSAMethod.options[0],
+        ToSAMethod.options[1],
+        OptionSpec("seed", "int", 0, "any integer", "seed of the token draws"),
+    )
+
+    def reducer(self, **options: Any) -> RandomReducer:
+        return RandomReducer(**options)
+
+    def natural_options(self, keep, cfg, knobs: Knobs = Knobs()) -> dict[str, Any]:
+        return {**self._keep_and_placement(keep, knobs), "seed": knobs.seed}
+
+    def setting_label(self, options: Mapping[str, Any], record: Mapping[str, Any]) -> str:
+        return f"keep {options.get('keep')} @ {self._place(options, record)}, seed {options.get('seed', 0)}"
+
+
+TOSA = register(ToSAMethod())
+RANDOM = register(RandomMethod())

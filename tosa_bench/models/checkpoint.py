@@ -9,20 +9,18 @@ state dict; DeiT's own ``.pth`` files hold it under ``"model"`` (also accepted:
 from __future__ import annotations
 
 import math
+import pickle
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from tosa_bench.errors import CheckpointError, first_line
 from tosa_bench.models.vit import resize_pos_embed
 
 WRAPPER_KEYS = ("model", "state_dict", "model_ema")
 METHOD_PREFIX = "reducer."
 MAX_LISTED = 5
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read or does not fit the model (one-line message)."""
 
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
@@ -34,9 +32,14 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     into the model, so the cached ones are never changed.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path}: is a directory, expected a weights file (.pth, .pt, .bin or .safetensors)")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path}: no such file")
-    st = path.stat()
+    try:
+        st = path.stat()
+    except OSError as err:
+        raise CheckpointError(f"checkpoint {path}: cannot be read ({err.strerror or err})") from None
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if _LAST_READ and _LAST_READ[0] == key:
         return dict(_LAST_READ[1])
@@ -56,9 +59,11 @@ def _read(path: Path) -> dict[str, Tensor]:
             obj = load_file(str(path), device="cpu")
         else:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as err:  # unreadable, truncated, or holds non-tensor objects
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"checkpoint {path}: cannot be read as tensors only ({first})") from None
+    except pickle.UnpicklingError as err:  # objects other than tensors: never unpickled
+        raise CheckpointError(f"checkpoint {path}: holds Python objects or code, not only tensors; "
+                              f"refused, loading it could run code ({_unpickler_reason(err)})") from None
+    except Exception as err:  # unreadable, truncated, not a checkpoint at all
+        raise CheckpointError(f"checkpoint {path}: cannot be read as tensors only ({first_line(err)})") from None
     if isinstance(obj, dict):
         for key in WRAPPER_KEYS:
             if isinstance(obj.get(key), dict):
@@ -67,6 +72,15 @@ def _read(path: Path) -> dict[str, Tensor]:
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
         raise CheckpointError(f"checkpoint {path}: no state dict of tensors found (top-level keys: {_listing(obj)})")
     return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def _unpickler_reason(err: BaseException) -> str:
+    """The reason torch's weights-only unpickler gives (e.g. 'Trying to load unsupported
+    GLOBAL posix.system ...'), without its advice to load the file unsafely."""
+    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation")
+    text = str(err).replace("WeightsUnpickler error:", "\n")
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith(boilerplate)]
+    return lines[0] if lines else type(err).__name__
 
 
 def _listing(obj) -> str:

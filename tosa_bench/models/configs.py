@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
+from tosa_bench.errors import OptionError
+
 
 @dataclass(frozen=True)
 class ViTConfig:
@@ -74,10 +76,12 @@ MODEL_CONFIGS: dict[str, ViTConfig] = {
 }
 
 
-def get_config(name: str) -> ViTConfig:
-    """Return the named config or raise ``ValueError`` listing the known names."""
+def get_config(name: str, img_size: int | None = None) -> ViTConfig:
+    """The named config, at ``img_size`` when given (None: its own), or an error listing
+    the known names."""
     try:
-        return MODEL_CONFIGS[name]
+        cfg = MODEL_CONFIGS[name]
     except KeyError:
         known = ", ".join(sorted(MODEL_CONFIGS))
-        raise ValueError(f"model: unknown model {name!r}; known models: {known}") from None
+        raise OptionError(f"model: unknown model {name!r}; known models: {known}") from None
+    return cfg.with_overrides(img_size=img_size)

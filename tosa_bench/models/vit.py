@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tosa_bench.errors import OptionError
 from tosa_bench.models.chunks import chunk_size
 from tosa_bench.models.configs import ViTConfig
 
@@ -210,7 +211,7 @@ class VisionTransformer(nn.Module):
             raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
         p = self.cfg.patch_size
         if images.shape[-2] % p or images.shape[-1] % p:
-            raise ValueError(f"image size {tuple(images.shape[-2:])} is not a multiple of the patch size {p}")
+            raise OptionError(f"image size {tuple(images.shape[-2:])} is not a multiple of the patch size {p}")
         x, grid = self.patch_embed(images)
         pos = resize_pos_embed(self.pos_embed, grid)
         cls = self.cls_token.expand(x.shape[0], -1, -1)
@@ -238,7 +239,7 @@ class VisionTransformer(nn.Module):
         depth = self.cfg.depth
         for i in indices:
             if not 0 <= i < depth:
-                raise ValueError(f"indices: block {i} out of range for a {depth}-block model")
+                raise OptionError(f"indices: block {i} out of range for a {depth}-block model")
         out = self.forward_tokens(images, collect=indices)
         return [out.intermediates[i] for i in indices]
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from tosa_bench.measure.point import Point
+from tosa_bench.measure.spec import Point
 from tosa_bench.tasks.accuracy import DepthWeights, depth_model_for
 from tosa_bench.tasks.metrics import DEPTH_METRIC_NAMES
 
@@ -76,7 +76,7 @@ class AccuracyPlan:
 
     def _classify(self, point: Point, batch: int) -> dict[str, Any]:
         from tosa_bench.data.imagenet import collate_skip_bad
-        from tosa_bench.measure.point import build_point_model
+        from tosa_bench.measure.spec import build_point_model
         from tosa_bench.tasks.evaluate import evaluate_classification
 
         model = build_point_model(point)
@@ -86,7 +86,7 @@ class AccuracyPlan:
         return {k: res[k] for k in CLASSIFICATION_FIELDS}
 
     def _depth(self, point: Point, batch: int) -> dict[str, Any]:
-        from tosa_bench.measure.point import build_point_model
+        from tosa_bench.measure.spec import build_point_model
         from tosa_bench.tasks.evaluate import evaluate_depth
 
         model = depth_model_for(build_point_model(point), self.depth[point.model])

@@ -1,14 +1,14 @@
 """A suite -> the ordered list of points to measure.
 
-Expansion, per model x device x dtype x batch size (every list multiplies):
+Expansion, per model x device x dtype x batch size (every list multiplies; ``itertools.product``):
 
-- dense once (it ignores keep);
-- then for each keep, each variant in the suite's order:
-  tosa / random at every placement (natural options: keep = share of patch tokens that
-  run each selected block); tome at ``r = round((1 - keep)(N - 1)/L)`` or, with explicit
-  ``tome_r``, once per r (not tied to a keep); evit at keep, at every location list;
-  with ``match = "gmacs"`` tome and evit take the setting closest to ToSA's GMACs instead
-  (:mod:`.match`).
+- first the points each method makes without a keep (dense; ToMe's explicit ``tome_r``);
+- then for each keep, each variant in the suite's order, the points its registry entry
+  makes of that keep (:meth:`~tosa_bench.methods.registry.Method.grid_options`: ToSA and
+  random at every placement, EViT at every location list, ToMe at its mapped r);
+  with ``match = "gmacs"`` a method that can be matched takes instead the setting closest
+  to the match target's GMACs (ToSA at that keep and the first placement;
+  :meth:`~tosa_bench.methods.registry.Method.match_gmacs`), computed in closed form.
 
 Points are identified by ``Point.config_hash``; a configuration reached twice (ToMe at two
 keeps that round to the same r) is measured once and carries both keeps in ``keeps``.
@@ -19,12 +19,16 @@ here, so the hash names the device really used.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field, replace
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
-from tosa_bench.measure.point import Point, resolve_device
-from tosa_bench.methods.natural import natural_options
-from tosa_bench.sweep.match import analytic_gmacs, bound_reducer, match_evit, match_tome, model_config
+from tosa_bench.errors import OptionError, UserInputError, first_line
+from tosa_bench.measure.analytic import analytic_gmacs
+from tosa_bench.measure.spec import Point, resolve_device
+from tosa_bench.methods import registry
+from tosa_bench.methods.registry import Knobs
+from tosa_bench.models.configs import get_config
 from tosa_bench.sweep.suite import Suite
 
 
@@ -51,28 +55,16 @@ class GridPoint:
         return {"grid_keeps": list(self.keeps), "placement_label": self.placement, "match": [dict(m) for m in self.match] or None}
 
 
-def placement_label(p: str | Sequence[int] | None) -> str | None:
-    """'alternate' -> 'alternate'; (3, 5, 7) -> '3,5,7'."""
-    if p is None or isinstance(p, str):
-        return p
-    return ",".join(str(i) for i in p)
-
-
-def _placement_option(p: str | Sequence[int] | None) -> str | list[int] | None:
-    return p if p is None or isinstance(p, str) else [int(i) for i in p]
-
-
 def _checked(point: Point) -> Point:
-    """Validate ``point``'s options against its model (binds the reducer); ValueError names
-    the point."""
+    """Validate ``point``'s options against its model (binds the reducer); the
+    UserInputError raised (same class) names the point."""
     try:
-        cfg = model_config(point.model, point.img_size)
+        cfg = get_config(point.model, point.img_size)
         if point.img_size is not None and point.img_size % cfg.patch_size:
-            raise ValueError(f"img_size {point.img_size} is not a multiple of the patch size {cfg.patch_size}")
-        bound_reducer(cfg, point.variant, point.options)
-    except (ValueError, TypeError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"grid point {point.model}/{point.variant} {point.options}: {first}") from None
+            raise OptionError(f"img_size {point.img_size} is not a multiple of the patch size {cfg.patch_size}")
+        registry.bound_reducer(cfg, point.variant, point.options)
+    except UserInputError as err:
+        raise type(err)(f"grid point {point.model}/{point.variant} {point.options}: {first_line(err)}") from None
     return point
 
 
@@ -81,8 +73,8 @@ def _check_dtype(dtype: str, device: str) -> None:
 
     try:
         resolve_autocast(dtype, device)
-    except ValueError as err:
-        raise ValueError(f"grid: {err} (device {device})") from None
+    except UserInputError as err:
+        raise type(err)(f"grid: {err} (device {device})") from None
 
 
 def weights_for(table: dict[str, str], model: str) -> str | None:
@@ -90,88 +82,91 @@ def weights_for(table: dict[str, str], model: str) -> str | None:
     return table.get(model, table.get("*"))
 
 
+def knobs_of(suite: Suite) -> Knobs:
+    """The method settings of ``suite`` that the registry's methods read."""
+    return Knobs(placements=tuple(suite.placements), importance=suite.importance, seed=suite.seed,
+                 tome_r=tuple(suite.tome_r), evit_locations=tuple(suite.evit_locations))
+
+
+def _devices(suite: Suite) -> list[str]:
+    """The suite's devices resolved (``auto`` -> cuda or cpu), each once."""
+    return list(dict.fromkeys(resolve_device(d) for d in suite.devices))
+
+
+def _setups(suite: Suite) -> Iterator[dict[str, Any]]:
+    """The Point fields shared by one model x device x dtype x batch block of the grid."""
+    for model, device in itertools.product(suite.models, _devices(suite)):
+        dev_type = "cuda" if device.startswith("cuda") else "cpu"
+        for dtype in suite.dtypes[dev_type]:
+            _check_dtype(dtype, device)
+            for batch in suite.batch_size[dev_type]:
+                yield dict(model=model, batch_size=batch, dtype=dtype, device=device, img_size=suite.img_size,
+                           checkpoint=weights_for(dict(suite.checkpoint), model), compile=suite.compile)
+
+
+def _points_of(suite: Suite, base: dict[str, Any], keep: float | None, knobs: Knobs) -> Iterator[GridPoint]:
+    """Every method's points at ``keep`` (None: those not tied to a keep) for one setup."""
+    cfg = get_config(base["model"], suite.img_size)
+    selector = weights_for(dict(suite.selector), base["model"])
+    target = _match_target(suite, base, keep, cfg, knobs) if keep is not None and suite.match == "gmacs" else None
+    keeps = () if keep is None else (keep,)
+    for variant in suite.variants:
+        method = registry.get(variant)
+
+        def point(options: dict[str, Any]) -> Point:
+            return _checked(Point(variant=variant, options=options, selector=selector if method.accepts_selector else None, **base))
+
+        matched = None
+        if target is not None and not method.match_target:
+            gmacs_of = lambda o, v=variant: analytic_gmacs(base["model"], v, o, suite.img_size)  # noqa: E731
+            matched = method.match_gmacs(keep, cfg, knobs, target["target_gmacs"], gmacs_of)
+        if matched is None:
+            for entry in method.grid_options(keep, cfg, knobs):
+                yield GridPoint(point(entry.options), keeps, entry.placement)
+            continue
+        for options, g in matched:
+            info = {**target, "gmacs_analytic": g, "gap": g / target["target_gmacs"] - 1.0}
+            yield GridPoint(point(options), keeps, None, (info,))
+
+
+def _match_target(suite: Suite, base: dict[str, Any], keep: float, cfg, knobs: Knobs) -> dict[str, Any] | None:
+    """What ``--match gmacs`` aims at for ``keep``: the match target method (ToSA) at that
+    keep and the first placement, its GMACs from the closed form."""
+    method = registry.match_target()
+    if method is None:
+        raise OptionError("match: no registered method is a match target")
+    entry = method.grid_options(keep, cfg, knobs)[0]
+    _checked(Point(variant=method.name, options=entry.options, **base))
+    return {"keep": keep, "target": method.name, "target_placement": entry.placement or "default",
+            "target_gmacs": analytic_gmacs(base["model"], method.name, entry.options, suite.img_size)}
+
+
 def expand(suite: Suite) -> list[GridPoint]:
     """Every point of ``suite``, in measuring order, deduplicated by config hash."""
     out: dict[str, GridPoint] = {}
-
-    def add(gp: GridPoint) -> None:
-        h = gp.hash
-        if h in out:
-            old = out[h]
-            keeps = tuple(sorted(set(old.keeps) | set(gp.keeps), reverse=True))
-            out[h] = replace(old, keeps=keeps, match=old.match + tuple(m for m in gp.match if m not in old.match))
-        else:
-            out[h] = gp
-
-    devices: list[str] = []
-    for d in suite.devices:
-        r = resolve_device(d)
-        if r not in devices:
-            devices.append(r)
-    placements = list(suite.placements) or [None]
-    locations = list(suite.evit_locations) or [None]
-    for model in suite.models:
-        cfg = model_config(model, suite.img_size)
-        ckpt = weights_for(dict(suite.checkpoint), model)
-        sel = weights_for(dict(suite.selector), model)
-        for device in devices:
-            dev_type = "cuda" if device.startswith("cuda") else "cpu"
-            for dtype in suite.dtypes[dev_type]:
-                _check_dtype(dtype, device)
-                for batch in suite.batch_size[dev_type]:
-                    base = dict(model=model, batch_size=batch, dtype=dtype, device=device, img_size=suite.img_size,
-                                checkpoint=ckpt, compile=suite.compile)
-
-                    def point(variant: str, options: dict[str, Any]) -> Point:
-                        return _checked(Point(variant=variant, options=options, selector=sel if variant == "tosa" else None, **base))
-
-                    if "dense" in suite.variants:
-                        add(GridPoint(point("dense", {})))
-                    if "tome" in suite.variants and suite.tome_r:
-                        for r in suite.tome_r:
-                            add(GridPoint(point("tome", natural_options("tome", None, cfg, tome_r=r))))
-                    for keep in suite.keeps:
-                        target = None
-                        if suite.match == "gmacs":
-                            tosa_opts = natural_options("tosa", keep, cfg, placement=_placement_option(placements[0]), importance=suite.importance)
-                            _checked(Point(variant="tosa", options=tosa_opts, **base))
-                            target = analytic_gmacs(model, "tosa", tosa_opts, suite.img_size)
-                        for variant in suite.variants:
-                            if variant in ("tosa", "random"):
-                                for p in placements:
-                                    opts = natural_options(variant, keep, cfg, placement=_placement_option(p), seed=suite.seed, importance=suite.importance)
-                                    add(GridPoint(point(variant, opts), (keep,), placement_label(p)))
-                            elif variant == "tome" and not suite.tome_r:
-                                if target is None:
-                                    add(GridPoint(point("tome", natural_options("tome", keep, cfg)), (keep,)))
-                                else:
-                                    opts, g = match_tome(model, target, suite.img_size)
-                                    info = {"keep": keep, "target": "tosa", "target_placement": placement_label(placements[0]) or "default",
-                                            "target_gmacs": target, "gmacs_analytic": g, "gap": g / target - 1.0}
-                                    add(GridPoint(point("tome", opts), (keep,), None, (info,)))
-                            elif variant == "evit":
-                                for locs in locations:
-                                    if target is None:
-                                        opts = natural_options("evit", keep, cfg, evit_locations=locs)
-                                        add(GridPoint(point("evit", opts), (keep,)))
-                                    else:
-                                        opts, g = match_evit(model, target, keep, locs, suite.img_size)
-                                        info = {"keep": keep, "target": "tosa", "target_placement": placement_label(placements[0]) or "default",
-                                                "target_gmacs": target, "gmacs_analytic": g, "gap": g / target - 1.0}
-                                        add(GridPoint(point("evit", opts), (keep,), None, (info,)))
+    knobs = knobs_of(suite)
+    for base in _setups(suite):
+        for keep in (None, *suite.keeps):
+            for gp in _points_of(suite, base, keep, knobs):
+                old = out.get(gp.hash)
+                if old is None:
+                    out[gp.hash] = gp
+                    continue
+                keeps = tuple(sorted(set(old.keeps) | set(gp.keeps), reverse=True))
+                out[gp.hash] = replace(old, keeps=keeps, match=old.match + tuple(m for m in gp.match if m not in old.match))
     return list(out.values())
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
-    """'2/3' -> (2, 3); ValueError unless 1 <= i <= n."""
+    """'2/3' -> (2, 3); OptionError unless 1 <= i <= n."""
     if text is None:
         return None
     try:
         i, n = (int(p) for p in text.split("/"))
     except ValueError:
-        raise ValueError(f"shard: expected i/n like 2/3, got {text!r}") from None
+        raise OptionError(f"shard: expected i/n like 2/3, got {text!r}") from None
     if not (n >= 1 and 1 <= i <= n):
-        raise ValueError(f"shard: need 1 <= i <= n, got {text!r}")
+        raise OptionError(f"shard: need 1 <= i <= n, got {text!r}")
     return i, n
 
 

@@ -12,14 +12,15 @@ a 150-point GPU sweep wastes the run. So every such input is opened and checked 
 - ``nyu``: resolved and opened, its first item read; ``depth_checkpoint``: read, the DPT
   head shape inferred, and loaded into a DepthModel on each model's backbone.
 
-Each failure raises ValueError (CheckpointError, DatasetError) with one line naming the
-input; the sweep stops at once.
+Each failure raises a :class:`~tosa_bench.errors.UserInputError` (CheckpointError,
+DatasetError, OptionError) with one line naming the input; the sweep stops at once.
 """
 
 from __future__ import annotations
 
 from typing import Sequence
 
+from tosa_bench.errors import DatasetError, OptionError
 from tosa_bench.sweep.accuracy import AccuracyPlan
 from tosa_bench.tasks.accuracy import depth_model_for, read_depth_weights
 from tosa_bench.sweep.grid import GridPoint, weights_for
@@ -33,8 +34,8 @@ def _first_line(err: BaseException) -> str:
 
 def validate_inputs(suite: Suite, points: Sequence[GridPoint]) -> AccuracyPlan:
     """Check every whole-run input of ``suite`` for the models in ``points``; return the
-    accuracy plan (datasets opened, depth weights read). Raises ValueError on the first
-    bad input."""
+    accuracy plan (datasets opened, depth weights read). Raises a UserInputError on the
+    first bad input."""
     from tosa_bench.build import build_model
     from tosa_bench.models.checkpoint import head_classes, load_backbone, load_method_weights, read_state_dict
 
@@ -74,22 +75,22 @@ def validate_inputs(suite: Suite, points: Sequence[GridPoint]) -> AccuracyPlan:
                         depth_input=suite.depth_input)
     if suite.imagenet is not None:
         from tosa_bench.data.imagenet import Unreadable, build_imagenet
-        from tosa_bench.sweep.match import model_config
+        from tosa_bench.models.configs import get_config
 
         plan.imagenet_path = suite.imagenet
         for model in models:
-            key = (model_config(model, suite.img_size).img_size, num_classes[model])
+            key = (get_config(model, suite.img_size).img_size, num_classes[model])
             if key in plan.imagenet:
                 continue
             ds = build_imagenet(suite.imagenet, img_size=key[0], limit=suite.limit, expected_classes=key[1])
             if len(ds) == 0:
-                raise ValueError(f"imagenet: no images found under {suite.imagenet}")
+                raise DatasetError(f"imagenet: no images found under {suite.imagenet}")
             first = ds[0]
             if isinstance(first, Unreadable):
-                raise ValueError(f"imagenet: cannot decode the first image {first.path} ({first.reason})")
+                raise DatasetError(f"imagenet: cannot decode the first image {first.path} ({first.reason})")
             plan.imagenet[key] = ds
     if suite.depth_checkpoint and suite.nyu is None:
-        raise ValueError("depth-checkpoint: depth weights given but no --nyu dataset to evaluate them on")
+        raise OptionError("depth-checkpoint: depth weights given but no --nyu dataset to evaluate them on")
     if suite.nyu is not None:
         from tosa_bench.data.nyu import build_nyu
 
@@ -97,10 +98,10 @@ def validate_inputs(suite: Suite, points: Sequence[GridPoint]) -> AccuracyPlan:
         try:
             plan.nyu = build_nyu(suite.nyu, limit=suite.limit)
             if len(plan.nyu) == 0:
-                raise ValueError("no test images")
+                raise DatasetError("no test images")
             plan.nyu[0]
         except Exception as err:  # h5py/scipy/PIL errors: the dataset does not open
-            raise ValueError(f"nyu: {suite.nyu}: {_first_line(err)}") from None
+            raise DatasetError(f"nyu: {suite.nyu}: {_first_line(err)}") from None
         read: dict[str, object] = {}
         for model in models:
             path = weights_for(dict(suite.depth_checkpoint), model)

@@ -21,8 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from tosa_bench.errors import OptionError, RunStateError
+from tosa_bench.results import load_run
+from tosa_bench.results.store import ENV, RECORDS, SUITE, RunStore
 from tosa_bench.sweep.session import read_resolved, resolved_suite_text, write_tables
-from tosa_bench.sweep.store import ENV, RunStore, latest_by_hash
 
 
 @dataclass
@@ -41,40 +43,40 @@ def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
 def merge_runs(inputs: Sequence[str | Path], out: str | Path) -> MergeSummary:
     """Merge the run directories ``inputs`` into a new run at ``out`` (module docstring)."""
     if not inputs:
-        raise ValueError("merge: give at least one run directory")
-    stores = [RunStore.existing(p) for p in inputs]
-    if len({s.path.resolve() for s in stores}) != len(stores):
-        raise ValueError("merge: a run directory is given twice")
-    first_suite, first_grid, _, _ = read_resolved(stores[0])
+        raise OptionError("merge: give at least one run directory")
+    runs = [load_run(p) for p in inputs]
+    if len({r.path.resolve() for r in runs}) != len(runs):
+        raise OptionError("merge: a run directory is given twice")
+    first_suite, first_grid, _, _ = read_resolved(RunStore(runs[0].path))
     hashes = {gp.hash for gp in first_grid}
-    for s in stores[1:]:
-        _, grid, _, _ = read_resolved(s)
+    for r in runs[1:]:
+        _, grid, _, _ = read_resolved(RunStore(r.path))
         if {gp.hash for gp in grid} != hashes:
-            raise ValueError(f"merge: {s.path} holds another grid than {stores[0].path} (different suite.toml points)")
+            raise RunStateError(f"merge: {r.path} holds another grid than {runs[0].path} (different {SUITE} points)")
     chosen: dict[str, tuple[dict[str, Any], Path]] = {}
-    for s in stores:
-        loaded = s.load()
-        if loaded.bad_lines:
-            raise ValueError(f"merge: {s.records_path} has unreadable lines {loaded.bad_lines[:5]}")
-        for h, rec in latest_by_hash(loaded.records).items():
+    for r in runs:
+        if r.bad_lines:
+            raise RunStateError(f"merge: {r.path / RECORDS} has unreadable lines {r.bad_lines[:5]}")
+        for rec in r.records:  # the latest record per config hash
+            h = rec["config_hash"]
             if h not in chosen:
-                chosen[h] = (rec, s.path)
+                chosen[h] = (rec, r.path)
                 continue
             old, where = chosen[h]
             if _same(old, rec):
                 continue
             if rec.get("status") == "ok" and old.get("status") != "ok":
-                chosen[h] = (rec, s.path)
+                chosen[h] = (rec, r.path)
             elif old.get("status") == "ok" and rec.get("status") != "ok":
                 continue
             else:
-                raise ValueError(f"merge: config {h} has different results in {where} and {s.path}; refusing to choose one")
+                raise RunStateError(f"merge: config {h} has different results in {where} and {r.path}; refusing to choose one")
     target = RunStore.create(out)
     order = {gp.hash: i for i, gp in enumerate(first_grid)}
     merged = sorted((rec for rec, _ in chosen.values()), key=lambda r: order.get(r["config_hash"], len(order)))
-    envs = [s.read_json(ENV) or {} for s in stores]
-    target.write_json(ENV, {**envs[0], "merged_from": [str(s.path) for s in stores], "merged_envs": envs})
-    target.write_text("suite.toml", resolved_suite_text(first_suite, first_grid, None, target.path.name, len(first_grid)))
+    envs = [r.env or {} for r in runs]
+    target.write_json(ENV, {**envs[0], "merged_from": [str(r.path) for r in runs], "merged_envs": envs})
+    target.write_text(SUITE, resolved_suite_text(first_suite, first_grid, None, target.path.name, len(first_grid)))
     target.open_for_append()
     for rec in merged:
         target.append(rec)

@@ -29,11 +29,11 @@ import traceback
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Protocol, Sequence
 
-from tosa_bench.measure.point import NonFiniteOutput, Point, Settings
+from tosa_bench.measure.spec import NonFiniteOutput, Point, Settings
+from tosa_bench.results.store import RunStore
 from tosa_bench.sweep.accuracy import ACCURACY_FIELDS
 from tosa_bench.sweep.grid import GridPoint
-from tosa_bench.sweep.match import model_config
-from tosa_bench.sweep.store import RunStore
+from tosa_bench.models.configs import get_config
 
 MeasureFn = Callable[[Point, Settings, Callable[[str], None]], dict[str, Any]]
 AccuracyFn = Callable[[Point, Callable[[str], None]], dict[str, Any]]
@@ -102,7 +102,7 @@ def base_record(gp: GridPoint, settings: Settings, run_id: str, session: str) ->
         "batch_size": cfg["batch_size"],
         "dtype": cfg["dtype"],
         "device": cfg["device"],
-        "img_size": model_config(cfg["model"], cfg["img_size"]).img_size,  # effective side, px
+        "img_size": get_config(cfg["model"], cfg["img_size"]).img_size,  # effective side, px
         "checkpoint": cfg["checkpoint"],
         "selector": cfg["selector"],
         "compile": cfg["compile"],

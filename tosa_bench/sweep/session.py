@@ -21,11 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tosa_bench.measure.point import Point
-from tosa_bench.sweep import tomlw
+import tomli_w
+
+from tosa_bench.errors import OutputPathError, RunStateError, SuiteError
+from tosa_bench.measure.spec import Point
+from tosa_bench.results.store import ENV, SUITE, RunStore
 from tosa_bench.sweep.accuracy import AccuracyPlan
 from tosa_bench.sweep.grid import GridPoint, expand, select_shard
-from tosa_bench.sweep.store import ENV, SUITE, RunStore
 from tosa_bench.sweep.suite import Suite, from_dict, to_dict
 
 RESULTS_ROOT = Path("results")
@@ -59,7 +61,7 @@ def _claim_dir(root: Path, run_id: str) -> Path:
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise ValueError(f"results: cannot create {root} ({err.strerror or err})") from None
+        raise OutputPathError(f"results: cannot create {root} ({err.strerror or err})") from None
     for n in range(1, 1000):
         p = root / (run_id if n == 1 else f"{run_id}-{n}")
         try:
@@ -68,8 +70,8 @@ def _claim_dir(root: Path, run_id: str) -> Path:
         except FileExistsError:
             continue
         except OSError as err:
-            raise ValueError(f"out: cannot create {p} ({err.strerror or err})") from None
-    raise ValueError(f"out: too many runs named {run_id} in {root}")
+            raise OutputPathError(f"out: cannot create {p} ({err.strerror or err})") from None
+    raise OutputPathError(f"out: too many runs named {run_id} in {root}")
 
 
 def point_to_toml(gp: GridPoint) -> dict[str, Any]:
@@ -85,17 +87,18 @@ def point_to_toml(gp: GridPoint) -> dict[str, Any]:
 
 
 def point_from_toml(entry: dict[str, Any], where: str) -> GridPoint:
-    """Inverse of :func:`point_to_toml`; ValueError if the stored hash does not match."""
+    """Inverse of :func:`point_to_toml`; :class:`~tosa_bench.errors.RunStateError` if a key is
+    missing or the stored hash does not match."""
     try:
         point = Point(model=entry["model"], variant=entry["variant"], options=dict(entry.get("options", {})),
                       batch_size=entry["batch_size"], dtype=entry["dtype"], device=entry["device"],
                       img_size=entry.get("img_size"), checkpoint=entry.get("checkpoint"), selector=entry.get("selector"),
                       compile=entry.get("compile", False))
     except KeyError as err:
-        raise ValueError(f"{where}: key {err.args[0]!r} missing") from None
+        raise RunStateError(f"{where}: key {err.args[0]!r} missing") from None
     gp = GridPoint(point, tuple(entry.get("keeps", ())), entry.get("placement"), tuple(entry.get("match", ())))
     if gp.hash != entry.get("hash"):
-        raise ValueError(f"{where}: stored hash {entry.get('hash')} but the configuration hashes to {gp.hash}")
+        raise RunStateError(f"{where}: stored hash {entry.get('hash')} but the configuration hashes to {gp.hash}")
     return gp
 
 
@@ -107,7 +110,23 @@ def resolved_suite_text(suite: Suite, grid: list[GridPoint], shard: tuple[int, i
     doc["points"] = [point_to_toml(gp) for gp in grid]
     header = ("Resolved suite of a tosa-bench sweep run (written by tosa-bench; read by --resume and merge).\n"
               "[[points]] is the whole grid; this run measures the shard named in [run].")
-    return tomlw.dumps(doc, header)
+    return toml_text(doc, header)
+
+
+def toml_text(doc: dict[str, Any], header: str = "") -> str:
+    """``doc`` as TOML (tomli-w) with ``header`` lines prepended as ``#`` comments. None
+    values are left out at every depth: TOML has no null, and a key left out reads back
+    as its default wherever the suite allows None."""
+    comments = "".join(f"# {h}\n" if h else "#\n" for h in header.splitlines())
+    return comments + ("\n" if comments else "") + tomli_w.dumps(_without_none(doc))
+
+
+def _without_none(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _without_none(x) for k, x in v.items() if x is not None}
+    if isinstance(v, (list, tuple)):
+        return [_without_none(x) for x in v if x is not None]
+    return v
 
 
 def read_resolved(store: RunStore) -> tuple[Suite, list[GridPoint], tuple[int, int] | None, dict[str, Any]]:
@@ -118,9 +137,9 @@ def read_resolved(store: RunStore) -> tuple[Suite, list[GridPoint], tuple[int, i
     try:
         doc = tomllib.loads(path.read_text())
     except FileNotFoundError:
-        raise ValueError(f"{store.path}: no {SUITE} (not a sweep run directory)") from None
+        raise RunStateError(f"{store.path}: no {SUITE} (not a sweep run directory)") from None
     except tomllib.TOMLDecodeError as err:
-        raise ValueError(f"{path}: not valid TOML ({err})") from None
+        raise RunStateError(f"{path}: not valid TOML ({err})") from None
     suite = from_dict(doc, source=str(path))
     run = doc.get("run", {})
     grid = [point_from_toml(e, f"{path} point {i + 1}") for i, e in enumerate(doc.get("points", []))]
@@ -134,7 +153,7 @@ def plan_new(suite: Suite, out: str | Path | None = None, shard: tuple[int, int]
 
     grid = expand(suite)
     if not grid:
-        raise ValueError("grid: the suite selects no points (check variants and keeps)")
+        raise SuiteError("grid: the suite selects no points (check variants and keeps)")
     points = select_shard(grid, shard)
     if out is not None:
         path = Path(out)
@@ -187,7 +206,8 @@ def _write_start(store: RunStore, suite: Suite, grid: list[GridPoint], points: l
 
 def write_tables(store: RunStore) -> None:
     """Rewrite ``table.md`` and ``table.csv`` from the store."""
-    from tosa_bench.report import load_run, render
+    from tosa_bench.results import load_run
+    from tosa_bench.results.tables import render
 
     run = load_run(store.path)
     if not run.records:

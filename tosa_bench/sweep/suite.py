@@ -60,19 +60,15 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from tosa_bench.measure.point import Settings
+from tosa_bench.errors import SuiteError
+from tosa_bench.measure.spec import Settings
+from tosa_bench.methods import registry
 from tosa_bench.methods.tosa import IMPORTANCE_RULES
 
-VARIANT_NAMES = ("dense", "tosa", "tome", "evit", "random")
 DTYPE_NAMES = ("fp32", "fp16", "bf16")
 DEVICE_TYPES = ("cpu", "cuda")
 MATCH_MODES = ("none", "gmacs")
 SUITES_DIR = Path(__file__).resolve().parents[2] / "suites"
-
-
-class SuiteError(ValueError):
-    """A suite file (or an override) that does not follow the schema; one line naming the
-    file, the key and what was expected."""
 
 
 @dataclass(frozen=True)
@@ -88,7 +84,7 @@ class Suite:
     points: int | None = None
     # grid
     models: tuple[str, ...] = ("deit_small_patch16_224",)
-    variants: tuple[str, ...] = VARIANT_NAMES
+    variants: tuple[str, ...] = field(default_factory=registry.builtin_names)
     keeps: tuple[float, ...] = (0.5,)
     placements: tuple[str | tuple[int, ...], ...] = ()
     tome_r: tuple[int, ...] = ()
@@ -318,7 +314,8 @@ def from_dict(doc: Mapping[str, Any], source: str = "suite", base_dir: Path | No
 
             out[key] = _list(ctx, name, v, _str_item(tuple(MODEL_CONFIGS)), f"model names ({', '.join(MODEL_CONFIGS)})")
         elif key == "variants":
-            out[key] = _list(ctx, name, v, _str_item(VARIANT_NAMES), f"variants ({', '.join(VARIANT_NAMES)})")
+            known = registry.names()  # read now: methods registered after import count too
+            out[key] = _list(ctx, name, v, _str_item(known), f"variants ({', '.join(known)})")
         elif key == "keeps":
             out[key] = _list(ctx, name, v, _keep_item, "numbers in (0, 1]")
         elif key == "placements":
@@ -390,6 +387,8 @@ def load_suite(path: str | Path) -> Suite:
         doc = tomllib.loads(p.read_text())
     except tomllib.TOMLDecodeError as err:
         raise SuiteError(f"{p}: not valid TOML ({err})") from None
+    except UnicodeDecodeError as err:
+        raise SuiteError(f"{p}: not a UTF-8 text file ({err.reason} at byte {err.start})") from None
     except OSError as err:
         raise SuiteError(f"{p}: cannot be read ({err.strerror or err})") from None
     return from_dict(doc, source=str(p), base_dir=p.parent)

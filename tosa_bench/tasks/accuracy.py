@@ -76,7 +76,8 @@ def depth_model_for(backbone: Any, weights: DepthWeights) -> Any:
 def read_depth_weights(path: str) -> DepthWeights:
     """Read a depth checkpoint and the head shape it implies; CheckpointError if it holds
     no DPT head."""
-    from tosa_bench.models.checkpoint import CheckpointError, read_state_dict
+    from tosa_bench.errors import CheckpointError
+    from tosa_bench.models.checkpoint import read_state_dict
 
     state = read_state_dict(path)
     try:

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tosa_bench.errors import OptionError
 from tosa_bench.models.checkpoint import check_fit, read_state_dict
 
 __all__ = [
@@ -210,7 +211,7 @@ class DepthModel(nn.Module):
         B, _, H, W = images.shape
         p = self.patch_size
         if H % p or W % p:
-            raise ValueError(f"image size {H}x{W} is not a multiple of the patch size {p}")
+            raise OptionError(f"image size {H}x{W} is not a multiple of the patch size {p}")
         gh, gw = H // p, W // p
         unique = sorted(set(self.hooks))  # a shallow backbone may repeat a block
         maps = dict(zip(unique, self.backbone.forward_intermediates(images, unique)))

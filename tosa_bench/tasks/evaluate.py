@@ -26,38 +26,14 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 
+from tosa_bench.data.loader import make_loader
+from tosa_bench.errors import OptionError
 from tosa_bench.precision import autocast, resolve_autocast
 from tosa_bench.tasks.metrics import ClassificationAccumulator, DepthAccumulator
 
 __all__ = ["evaluate_classification", "evaluate_depth", "resolve_autocast"]
-
-def _loader(
-    dataset: Dataset,
-    batch_size: int,
-    device: torch.device,
-    num_workers: int,
-    collate_fn: Callable | None,
-    limit: int | None,
-) -> DataLoader:
-    """Ordered, non-shuffled loader over the first ``limit`` items (all when None)."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if limit is not None:
-        if limit < 0:
-            raise ValueError(f"limit must be >= 0, got {limit}")
-        dataset = Subset(dataset, range(min(int(limit), len(dataset))))
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        pin_memory=device.type == "cuda",
-        collate_fn=collate_fn,
-        drop_last=False,
-    )
-
 
 def _unpack(batch: Any) -> tuple[Tensor | None, Any, int]:
     """(images, targets, n_dropped) from a 2- or 3-tuple batch (see module docstring)."""
@@ -140,7 +116,7 @@ def evaluate_classification(
     """
     device = torch.device(device)
     resolve_autocast(dtype, device)  # fail before any work
-    loader = _loader(dataset, batch_size, device, num_workers, collate_fn, limit)
+    loader = make_loader(dataset, batch_size, num_workers=num_workers, pin_memory=device.type == "cuda", collate_fn=collate_fn, limit=limit)
     acc = ClassificationAccumulator()
     batches = _Batches(loader, device, progress, "classification")
     with _eval_mode(model, device), torch.inference_mode():
@@ -157,6 +133,16 @@ def _round_to_patch(size: tuple[int, int], patch: int | None) -> tuple[int, int]
     if not patch:
         return size
     return tuple(max(patch, int(round(s / patch)) * patch) for s in size)  # type: ignore[return-value]
+
+
+def _check_input_size(input_size: Any, patch: int | None) -> None:
+    """OptionError unless ``input_size`` is (h, w) of positive multiples of ``patch``."""
+    hw = tuple(input_size)
+    step = patch or 1
+    if len(hw) != 2 or not all(isinstance(s, int) and s > 0 and s % step == 0 for s in hw):
+        shown = "x".join(map(str, hw))
+        allowed = f"positive multiples of the patch size {patch}" if patch else "positive integers"
+        raise OptionError(f"input size {shown}: expected height x width as {allowed}")
 
 
 def evaluate_depth(
@@ -192,10 +178,12 @@ def evaluate_depth(
     """
     device = torch.device(device)
     resolve_autocast(dtype, device)  # fail before any work
-    loader = _loader(dataset, batch_size, device, num_workers, collate_fn, limit)
+    loader = make_loader(dataset, batch_size, num_workers=num_workers, pin_memory=device.type == "cuda", collate_fn=collate_fn, limit=limit)
     acc = DepthAccumulator(eigen_crop=eigen_crop)
     patch = getattr(model, "patch_size", None)
     patch = patch if isinstance(patch, int) else None
+    if input_size is not None:
+        _check_input_size(input_size, patch)
     batches = _Batches(loader, device, progress, "depth")
     with _eval_mode(model, device), torch.inference_mode():
         for images, gt in batches:

@@ -2,7 +2,10 @@
 
 One row per measured point and grid keep (a point standing for two keeps appears under
 both), grouped by model / image size / batch / dtype / device, dense first, then keeps
-from high to low, methods in the order dense, ToSA, ToMe, EViT, random control.
+from high to low, methods in the method registry's order (dense, ToSA, ToMe, EViT, random
+control). Method labels and setting descriptions come from the registry
+(:mod:`tosa_bench.methods.registry`); a variant it does not know (an older run, a plugin
+not loaded) still renders, labelled by its name, with setting "-".
 
 Ratios are to dense of the same model, image size, batch size, dtype and device:
 ``speedup`` = the point's ``speedup_paired`` (dense and variant timed in alternating
@@ -14,8 +17,9 @@ GMACs), throughput in images/s (median timed step), latency in ms (batch 1, medi
 peak memory in MiB, top-1/top-5 in percent, delta1 as a share of pixels (0-1), AbsRel
 unitless, RMSE in metres.
 
-Formats: ``table`` (rich, for the terminal), ``md`` (Markdown), ``latex`` (booktabs, paper
-style: methods as rows, best value per model and keep in bold) and ``csv`` (every column).
+Formats: ``table`` (rich, for the terminal), ``md`` (Markdown, pandas + tabulate),
+``latex`` (booktabs via pandas' Styler, paper style: methods as rows, best value per model
+and keep in bold) and ``csv`` (every column).
 Columns whose value is the same for every row (model, batch, dtype, device) move into the
 caption, which always states device, dtype and batch.
 """
@@ -23,15 +27,20 @@ caption, which always states device, dtype and batch.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import pandas as pd
 
+from tosa_bench.errors import OptionError, RunStateError
+from tosa_bench.methods import registry
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tosa_bench.methods.registry import Method
+    from tosa_bench.results.load import RunData
+
 FORMATS = ("table", "md", "latex", "csv")
-VARIANT_ORDER = {"dense": 0, "tosa": 1, "tome": 2, "evit": 3, "random": 4}
-METHOD_NAMES = {"dense": "Dense", "tosa": "ToSA", "tome": "ToMe", "evit": "EViT", "random": "Random (control)"}
+#: row order of a variant the registry does not know: after every registered method
+UNKNOWN_ORDER = 1_000
 MODEL_NAMES = {
     "deit_tiny_patch16_224": "DeiT-T",
     "deit_small_patch16_224": "DeiT-S",
@@ -67,57 +76,36 @@ COLUMNS: dict[str, tuple[str, bool | None, str]] = {
 }
 
 
-@dataclass
-class RunData:
-    """What a report needs from a run directory."""
-
-    path: Path
-    records: list[dict[str, Any]]
-    env: dict[str, Any] | None = None
-    torn_tail: bool = False
-    bad_lines: list[int] = field(default_factory=list)
-
-
-def load_run(run_dir: str | Path) -> RunData:
-    """The latest record per config hash of ``run_dir`` and its env.json."""
-    from tosa_bench.sweep.store import ENV, RunStore, latest_by_hash
-
-    store = RunStore.existing(run_dir)
-    loaded = store.load()
-    return RunData(store.path, list(latest_by_hash(loaded.records).values()), store.read_json(ENV),
-                   loaded.torn_tail, loaded.bad_lines)
-
-
 # ------------------------------------------------------------------------- frame
+def _method(variant: Any) -> Method | None:
+    """The registered method of ``variant``; None for one this process does not know (an
+    older run, a plugin not loaded): its rows still render, labelled by the name."""
+    try:
+        return registry.get(variant)
+    except OptionError:
+        return None
+
+
+def _label(variant: Any) -> str:
+    method = _method(variant)
+    return method.display if method is not None else str(variant)
+
+
+def _sort_order(variant: Any) -> int:
+    method = _method(variant)
+    return method.order if method is not None else UNKNOWN_ORDER
+
+
 def _setting(r: dict[str, Any]) -> str:
-    o = r.get("resolved_options") or r.get("options") or {}
-    v = r.get("variant")
-    if v == "dense":
+    """The method's own description of the record's setting, plus "GMACs-matched" for a
+    point chosen by ``--match gmacs``; "-" for a variant the registry does not know."""
+    method = _method(r.get("variant"))
+    if method is None:
         return "-"
-    parts: list[str] = []
-    if v in ("tosa", "random"):
-        place = r.get("placement_label") or (",".join(map(str, o["placement"])) if isinstance(o.get("placement"), list) else o.get("placement", "default"))
-        parts.append(f"keep {o.get('keep')} @ {place}")
-        if v == "random":
-            parts.append(f"seed {o.get('seed', 0)}")
-        if o.get("importance", "mean") != "mean":
-            parts.append(f"importance {o['importance']}")
-        if r.get("selector"):
-            parts.append("trained selectors")
-    elif v == "tome":
-        parts.append(f"r={o.get('r')}")
-        if o.get("schedule", "constant") != "constant":
-            parts.append(str(o["schedule"]))
-        if o.get("prop_attn") is False:
-            parts.append("no prop-attn")
-    elif v == "evit":
-        locs = o.get("locations")
-        parts.append(f"keep {o.get('keep')}" + (f" @ {','.join(map(str, locs))}" if locs else ""))
-        if o.get("fuse") is False:
-            parts.append("no fuse")
+    label = method.setting_label(r.get("resolved_options") or r.get("options") or {}, r)
     if r.get("match"):
-        parts.append("GMACs-matched")
-    return ", ".join(parts)
+        label = "GMACs-matched" if label in ("", "-") else f"{label}, GMACs-matched"
+    return label
 
 
 def frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
@@ -130,7 +118,7 @@ def frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
             rows.append({
                 "model": r.get("model"), "img_size": r.get("img_size"), "batch_size": r.get("batch_size"),
                 "dtype": r.get("dtype"), "device": r.get("device"),
-                "keep": keep, "variant": r.get("variant"), "method": METHOD_NAMES.get(r.get("variant"), r.get("variant")),
+                "keep": keep, "variant": r.get("variant"), "method": _label(r.get("variant")),
                 "setting": _setting(r),
                 "params_m": params / 1e6 if params is not None else None,
                 "gmacs": r.get("gmacs"), "gflops": r.get("gflops"), "gmacs_analytic": r.get("gmacs_analytic"),
@@ -148,7 +136,8 @@ def frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
     if df.empty:
         return df
     df["img_size"] = df["img_size"].astype(object).where(df["img_size"].notna(), "default")
-    ok_dense = df[(df["variant"] == "dense") & (df["status"] == "ok")]
+    df["_dense"] = df["variant"].map(registry.is_dense).astype(bool)
+    ok_dense = df[df["_dense"] & (df["status"] == "ok")]
     base = ok_dense.drop_duplicates(GROUP)[GROUP + ["throughput", "gmacs"]].rename(
         columns={"throughput": "_dense_tp", "gmacs": "_dense_gmacs"})
     df = df.merge(base, on=GROUP, how="left")
@@ -162,12 +151,17 @@ def frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
     group_order = {g: i for i, g in enumerate(dict.fromkeys(map(tuple, df[GROUP].astype(str).values.tolist())))}
     df["_group"] = [group_order[tuple(map(str, t))] for t in df[GROUP].values.tolist()]
     df["_keep_sort"] = -df["keep"].astype(float).fillna(2.0)
-    df["_variant_sort"] = df["variant"].map(VARIANT_ORDER).fillna(9)
+    df["_variant_sort"] = df["variant"].map(_sort_order)
     df = df.sort_values(["_group", "_keep_sort", "_variant_sort", "_order"], kind="stable")
     return df.drop(columns=["_dense_tp", "_dense_gmacs", "_keep_sort", "_variant_sort", "_order", "_paired"]).reset_index(drop=True)
 
 
 # ------------------------------------------------------------------------- formatting
+def _model_name(model: Any) -> str:
+    """The short paper name of a timm model ("DeiT-S"), else the name itself."""
+    return MODEL_NAMES.get(model, model)
+
+
 def _fmt(v: Any, kind: str) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return ""
@@ -209,8 +203,8 @@ def display_columns(df: pd.DataFrame) -> list[str]:
 
 def _cell(row: pd.Series, col: str) -> str:
     if col == "model":
-        return MODEL_NAMES.get(row["model"], row["model"])
-    if col == "keep" and row["variant"] == "dense":
+        return _model_name(row["model"])
+    if col == "keep" and row["_dense"]:
         return "-"
     if row["status"] != "ok" and COLUMNS[col][1] is not None:
         return ""
@@ -228,7 +222,7 @@ def caption(df: pd.DataFrame, env: dict[str, Any] | None) -> list[str]:
     names = sorted({e.get("device_name") for e in _envs(env) if e.get("device_name")})
     device = ", ".join(_values(df, "device")) + (f" ({'; '.join(names)})" if names else "")
     lines = [f"Device: {device}; dtype: {', '.join(_values(df, 'dtype'))}; batch: {', '.join(_values(df, 'batch_size'))}; "
-             f"model: {', '.join(MODEL_NAMES.get(m, m) for m in _values(df, 'model'))}; image: {', '.join(_values(df, 'img_size'))} px."]
+             f"model: {', '.join(_model_name(m) for m in _values(df, 'model'))}; image: {', '.join(_values(df, 'img_size'))} px."]
     steps = df["timed_steps"].dropna()
     lines.append("Throughput: images/s at the median timed step"
                  + (f" ({_span(steps)} timed steps per point)" if len(steps) else "")
@@ -256,15 +250,22 @@ def _envs(env: dict[str, Any] | None) -> list[dict[str, Any]]:
 
 
 # ------------------------------------------------------------------------- renderers
+def _right_aligned(col: str) -> bool:
+    """Numbers (metrics, sizes, keeps) are right-aligned, text left-aligned."""
+    return COLUMNS[col][1] is not None or COLUMNS[col][2] in ("int", "keep")
+
+
 def to_markdown(df: pd.DataFrame, env: dict[str, Any] | None = None) -> str:
-    """A Markdown pipe table with unit headers, then the caption lines."""
+    """A Markdown pipe table (pandas + tabulate) with unit headers, then the caption lines.
+
+    Cells are the display strings of :func:`_cell`; tabulate's number parsing is off so
+    that "0.50" stays "0.50" (display precision is ours, not tabulate's)."""
     cols = display_columns(df)
-    head = [COLUMNS[c][0] for c in cols]
-    align = ["---:" if COLUMNS[c][1] is not None or COLUMNS[c][2] in ("int", "keep") else ":---" for c in cols]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(align) + "|"]
-    for _, row in df.iterrows():
-        lines.append("| " + " | ".join(_cell(row, c).replace("|", "\\|") for c in cols) + " |")
-    return "\n".join(lines) + "\n\n" + "\n".join(f"_{c}_" if i == 0 else c for i, c in enumerate(caption(df, env))) + "\n"
+    body = pd.DataFrame([[_cell(row, c).replace("|", "\\|") for c in cols] for _, row in df.iterrows()],
+                        columns=[COLUMNS[c][0] for c in cols])
+    table = body.to_markdown(index=False, tablefmt="pipe", disable_numparse=True,
+                             colalign=["right" if _right_aligned(c) else "left" for c in cols])
+    return table + "\n\n" + "\n".join(f"_{c}_" if i == 0 else c for i, c in enumerate(caption(df, env))) + "\n"
 
 
 def to_csv(df: pd.DataFrame) -> str:
@@ -293,7 +294,7 @@ def rich_table(df: pd.DataFrame, env: dict[str, Any] | None = None, title: str =
         if last is not None and group != last:
             t.add_section()
         last = group
-        style = "red" if row["status"] != "ok" else ("bold" if row["variant"] == "dense" else None)
+        style = "red" if row["status"] != "ok" else ("bold" if row["_dense"] else None)
         t.add_row(*[_cell(row, c) for c in cols], style=style)
     return t
 
@@ -312,44 +313,62 @@ def to_latex(df: pd.DataFrame, env: dict[str, Any] | None = None, label: str = "
     """Paper-style booktabs table(s), one per device/dtype/batch: methods as rows; params,
     GMACs, throughput, then top-1 (or delta1 where depth was measured) as columns; the best
     value of each column per model and keep in bold (dense, the reference, excluded)."""
+    setup_cols = ["device", "dtype", "batch_size"]
+    setups = list(dict.fromkeys(map(tuple, df[setup_cols].astype(str).values.tolist())))
     out = []
-    setups = list(dict.fromkeys(map(tuple, df[["device", "dtype", "batch_size"]].astype(str).values.tolist())))
     for n, setup in enumerate(setups):
-        part = df[(df[["device", "dtype", "batch_size"]].astype(str).apply(tuple, axis=1)) == setup]
-        acc = "delta1" if part["delta1"].notna().any() else "top1"
-        metrics = ["params_m", "gmacs", "throughput", acc]
-        heads = ["Method", "Keep", "Setting"] + [LATEX_HEADERS[c] for c in metrics]
-        bold = _best(part, metrics)
-        lines = [r"\begin{table}[t]", r"\centering", r"\small",
-                 r"\caption{" + _tex(" ".join(caption(part, env))) + "}",
-                 r"\label{" + label + (f"-{n + 1}" if len(setups) > 1 else "") + "}",
-                 r"\begin{tabular}{lll" + "r" * len(metrics) + "}", r"\toprule", " & ".join(heads) + r" \\", r"\midrule"]
-        models = list(dict.fromkeys(part["model"]))
-        for i, model in enumerate(models):
-            if len(models) > 1:
-                if i:
-                    lines.append(r"\midrule")
-                lines.append(r"\multicolumn{" + str(len(heads)) + r"}{l}{\textit{" + _tex(MODEL_NAMES.get(model, model)) + r"}} \\")
-            for idx, row in part[part["model"] == model].iterrows():
-                name = METHOD_NAMES.get(row["variant"], row["variant"])
-                if row["variant"] == "dense":
-                    name = f"{MODEL_NAMES.get(model, model)} (dense)"
-                cells = [_tex(name), "--" if row["variant"] == "dense" else _fmt(row["keep"], "keep"), _tex(row["setting"])]
-                for c in metrics:
-                    text = _cell(row, c)
-                    text = "--" if text in ("", "n/m") else text
-                    cells.append(r"\textbf{" + text + "}" if (idx, c) in bold else text)
-                lines.append(" & ".join(cells) + r" \\")
-        lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
-        out.append("\n".join(lines))
+        part = df[df[setup_cols].astype(str).apply(tuple, axis=1) == setup]
+        out.append(_latex_table(part, env, label + (f"-{n + 1}" if len(setups) > 1 else "")))
     return "\n\n".join(out) + "\n"
+
+
+_BOLD = "textbf:--rwrap;"  # Styler's LaTeX command for a cell: \textbf{<cell>}
+
+
+def _latex_table(part: pd.DataFrame, env: dict[str, Any] | None, label: str) -> str:
+    """One table environment of :func:`to_latex`, rendered by pandas' Styler (booktabs
+    rules, caption, label, bold cells); where there are several models, each model's rows
+    get a sub-header row (Styler has no full-width rows, so those lines are inserted
+    into its output: one output line per data row)."""
+    acc = "delta1" if part["delta1"].notna().any() else "top1"
+    metrics = ["params_m", "gmacs", "throughput", acc]
+    heads = ["Method", "Keep", "Setting"] + [LATEX_HEADERS[c] for c in metrics]
+    models = list(dict.fromkeys(part["model"]))
+    part = pd.concat([part[part["model"] == m] for m in models])  # one block per model
+    bold = _best(part, metrics)
+    cells, marks = [], []
+    for idx, row in part.iterrows():
+        name = f"{_model_name(row['model'])} ({row['variant']})" if row["_dense"] else row["method"]
+        cells.append([_tex(name), "--" if row["_dense"] else _fmt(row["keep"], "keep"), _tex(row["setting"])]
+                     + [_latex_number(row, c) for c in metrics])
+        marks.append(["", "", ""] + [_BOLD if (idx, c) in bold else "" for c in metrics])
+    body = pd.DataFrame(cells, columns=heads)
+    styles = pd.DataFrame(marks, columns=heads)
+    styler = body.style.hide(axis="index").apply(lambda _: styles, axis=None)
+    styler.set_table_styles([{"selector": "small", "props": ":;"}], overwrite=False)  # -> \small
+    tex = styler.to_latex(hrules=True, column_format="lll" + "r" * len(metrics), position="t",
+                          position_float="centering", caption=_tex(" ".join(caption(part, env))), label=label)
+    if len(models) < 2:
+        return tex.rstrip("\n")
+    lines = tex.rstrip("\n").split("\n")
+    first = lines.index(r"\midrule") + 1  # the first data row
+    starts = [int(i) for i in (part["model"] != part["model"].shift()).to_numpy().nonzero()[0]]
+    for k, model in reversed(list(zip(starts, models))):
+        head = r"\multicolumn{" + str(len(heads)) + r"}{l}{\textit{" + _tex(_model_name(model)) + r"}} \\"
+        lines[first + k:first + k] = [r"\midrule", head] if k else [head]
+    return "\n".join(lines)
+
+
+def _latex_number(row: pd.Series, col: str) -> str:
+    text = _cell(row, col)
+    return "--" if text in ("", "n/m") else text
 
 
 def _best(df: pd.DataFrame, metrics: Sequence[str]) -> set[tuple[Any, str]]:
     """(row index, column) pairs holding the best value per (model, keep) block among the
     non-dense ok rows (ties all bold; blocks of one row get none)."""
     out: set[tuple[Any, str]] = set()
-    rows = df[(df["variant"] != "dense") & (df["status"] == "ok")]
+    rows = df[~df["_dense"] & (df["status"] == "ok")]
     for _, block in rows.groupby(["model", rows["keep"].astype(str)]):
         if len(block) < 2:
             continue
@@ -366,10 +385,10 @@ def _best(df: pd.DataFrame, metrics: Sequence[str]) -> set[tuple[Any, str]]:
 def render(run: RunData, fmt: str) -> Any:
     """The report of ``run`` in ``fmt`` (a rich Table for ``table``, else text)."""
     if fmt not in FORMATS:
-        raise ValueError(f"format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+        raise OptionError(f"format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
     df = frame(run.records)
     if df.empty:
-        raise ValueError(f"{run.path}: no records to report")
+        raise RunStateError(f"{run.path}: no records to report")
     if fmt == "md":
         return to_markdown(df, run.env)
     if fmt == "csv":

@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from tosa_bench.errors import OutputPathError, RunStateError
+
 RECORDS = "records.jsonl"
 ENV = "env.json"
 SUITE = "suite.toml"
@@ -134,39 +136,41 @@ class RunStore:
 
     @classmethod
     def create(cls, path: str | Path) -> "RunStore":
-        """Make a new run directory; ValueError if it cannot be written or already holds
-        records (continue those with ``--resume``)."""
+        """Make a new run directory; :class:`~tosa_bench.errors.OutputPathError` if it cannot
+        be written or already holds records (continue those with ``--resume``)."""
         p = Path(path)
         if p.exists() and not p.is_dir():
-            raise ValueError(f"out: {p} exists and is not a directory")
+            raise OutputPathError(f"out: {p} exists and is not a directory")
         if (p / RECORDS).exists():
-            raise ValueError(f"out: {p} already holds {RECORDS}; continue it with --resume {p} or choose another --out")
+            raise OutputPathError(f"out: {p} already holds {RECORDS}; continue it with --resume {p} or choose another --out")
         try:
             p.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise ValueError(f"out: cannot create {p} ({err.strerror or err})") from None
+            raise OutputPathError(f"out: cannot create {p} ({err.strerror or err})") from None
         store = cls(p)
         store.check_writable()
         return store
 
     @classmethod
     def existing(cls, path: str | Path) -> "RunStore":
-        """An existing run directory (for --resume, report, merge); ValueError otherwise."""
+        """An existing run directory (for --resume, report, merge);
+        :class:`~tosa_bench.errors.RunStateError` otherwise."""
         p = Path(path)
         if not p.is_dir():
-            raise ValueError(f"run directory not found: {p}")
+            raise RunStateError(f"run directory not found: {p}")
         if not (p / RECORDS).is_file() and not (p / SUITE).is_file():
-            raise ValueError(f"{p}: not a run directory (no {RECORDS} or {SUITE})")
+            raise RunStateError(f"{p}: not a run directory (no {RECORDS} or {SUITE})")
         return cls(p)
 
     def check_writable(self) -> None:
-        """Write and remove a probe file; ValueError naming the folder if that fails."""
+        """Write and remove a probe file; :class:`~tosa_bench.errors.OutputPathError` naming
+        the folder if that fails."""
         try:
             fd, tmp = tempfile.mkstemp(prefix=".probe.", dir=self.path)
             os.close(fd)
             os.unlink(tmp)
         except OSError as err:
-            raise ValueError(f"out: {self.path} is not writable ({err.strerror or err})") from None
+            raise OutputPathError(f"out: {self.path} is not writable ({err.strerror or err})") from None
 
     def load(self) -> LoadedRecords:
         return read_records(self.records_path)

@@ -1,0 +1,94 @@
+"""What a measurement point *is*, apart from how it is measured.
+
+A :class:`Point` names everything that changes a measurement's numbers (model, variant
+and options, batch, dtype, device, weights, compile); :class:`Settings` says how to
+measure it (warm-up, repeats, budget, pairing) and is not part of its identity. Both live
+here, with the model factory of a point (:func:`build_point_model`), so that code which
+only needs a point's identity (the grid, the store, the child process of
+:mod:`tosa_bench.measure.cpu_peak`) does not import the measuring code of
+:mod:`tosa_bench.measure.point`, and ``point`` can import ``cpu_peak`` without a cycle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from tosa_bench.build import build_model
+from tosa_bench.errors import OptionError
+
+MAC_CONVENTION = "GMACs per image: fvcore multiply-accumulates + handles for SDPA/softmax/GELU; LayerNorm 5/elem; GFLOPs = 2 x GMACs"
+
+
+class NonFiniteOutput(RuntimeError):
+    """The model produced NaN/Inf: the point is recorded as an error, not measured."""
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; CUDA asked for on a
+    machine without one (or a malformed name) is an ``OptionError``."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if not (device in ("cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
+        raise OptionError(f"device: expected auto, cpu or cuda[:N], got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise OptionError(f"device: {device!r} requested but no CUDA device is visible")
+    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
+        raise OptionError(f"device: {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) are visible (cuda:0..cuda:{torch.cuda.device_count() - 1})")
+    return device
+
+
+@dataclass(frozen=True)
+class Point:
+    """Identity of one measurement: everything that changes its numbers."""
+
+    model: str
+    variant: str
+    options: dict[str, Any] = field(default_factory=dict)
+    batch_size: int = 32
+    dtype: str = "fp32"
+    device: str = "cpu"
+    img_size: int | None = None
+    checkpoint: str | None = None
+    selector: str | None = None
+    compile: bool = False
+
+    def config(self) -> dict[str, Any]:
+        """Canonical JSON-able form (options sorted, lists for tuples)."""
+        d = asdict(self)
+        d["options"] = json.loads(json.dumps(self.options, sort_keys=True))
+        return d
+
+    def config_hash(self) -> str:
+        """Stable 16-hex-digit hash of :meth:`config`."""
+        blob = json.dumps(self.config(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How to measure (not part of a point's identity)."""
+
+    timing: bool = True
+    latency: bool = True
+    memory: bool = True
+    warmup: int = 10
+    repeats: int = 40
+    time_budget_s: float | None = None  # throughput phase; latency gets half of it
+    paired: bool = True  # time a variant in alternating rounds with its dense twin
+    # timed steps of each model per alternating round; the rounds are
+    # max(2, repeats // pair_steps), so ``repeats`` stays the variant's timed steps
+    pair_steps: int = 2
+
+    def __post_init__(self) -> None:
+        if self.pair_steps < 1:
+            raise OptionError(f"pair_steps: timed steps per round must be >= 1, got {self.pair_steps}")
+
+
+def build_point_model(point: Point):
+    """The point's model (weights from its checkpoint/selector, or random), on the CPU."""
+    return build_model(point.model, point.variant, checkpoint=point.checkpoint, selector=point.selector, img_size=point.img_size, **point.options)

@@ -1,0 +1,16 @@
+"""Results of a sweep: the run directory, how it is read, and the tables made from it.
+
+Modules, one job each:
+
+- :mod:`.store`: the run directory (append-only, fsync'd ``records.jsonl``, env, suite).
+- :mod:`.load`: the one entry point that reads a run (:func:`load_run`, :func:`load_frame`).
+- :mod:`.tables`: comparison tables of a run (terminal, Markdown, LaTeX, CSV).
+
+Dependencies point one way: :mod:`tosa_bench.sweep` writes runs through this package,
+and nothing here imports :mod:`tosa_bench.sweep` (a test checks it), so reading and
+reporting results never pulls in the measuring machinery.
+"""
+
+from tosa_bench.results.load import RunData, load_frame, load_run
+
+__all__ = ["RunData", "load_frame", "load_run"]
