@@ -76,8 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     dense = GridPoint(Point(model=a.model, variant="dense", batch_size=a.batch_size, dtype=a.dtype, device=device))
     tosa = GridPoint(Point(model=a.model, variant="tosa", options=options, batch_size=a.batch_size, dtype=a.dtype, device=device),
                      keeps=(a.keep,), placement=a.placement)
-    # rounds = repeats // pair_steps (measure_point's rule), so exactly --rounds rounds run
-    timed = Settings(timing=True, latency=False, memory=False, warmup=a.warmup, repeats=a.rounds * a.steps, time_budget_s=None, paired=True, pair_steps=a.steps)
+    # exactly --rounds rounds: no budget, no early stop (pair_target 0)
+    timed = Settings(timing=True, latency=False, memory=False, warmup=a.warmup, repeats=a.rounds * a.steps, time_budget_s=None, paired=True,
+                     pair_steps=a.steps, pair_min_rounds=a.rounds, pair_max_rounds=a.rounds, pair_target=0.0)
     counted = Settings(timing=False, latency=False, memory=False)
 
     if (a.out / RECORDS).exists():
@@ -105,10 +106,13 @@ def main(argv: list[str] | None = None) -> int:
                "speedup_measured": rec.get("speedup_paired"), "speedup_ideal": rec.get("speedup_ideal"),
                "efficiency": rec.get("speedup_efficiency"), "target": a.target,
                "round_ratio_min": rec.get("speedup_paired_min", ratios[0]), "round_ratio_max": rec.get("speedup_paired_max", ratios[-1]),
+               "speedup_ci95_low": rec.get("speedup_paired_ci_low"), "speedup_ci95_high": rec.get("speedup_paired_ci_high"),
+               "noisy": rec.get("speedup_paired_noisy"),
                "rounds": rec.get("pair_rounds"), "steps_per_round": a.steps,
                "status": failed["status"] if failed else "ok", "error": failed["error"] if failed else None,
                "config_hash": rec["config_hash"], "out": str(store.path),
-               "method": "speedup_paired of measure_point: median over alternating rounds of (dense median step / ToSA median step); "
+               "method": "speedup_paired of measure_point: median over alternating (ABBA) rounds of (dense median step / ToSA median step), "
+                         "with the distribution-free 95% interval of that median; "
                          "ideal = speedup_ideal (dense / ToSA GMACs, closed-form count incl. selectors, per image)"}
     store.write_json(SUMMARY, summary)
     print(json.dumps(summary, indent=2))

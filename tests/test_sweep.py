@@ -114,6 +114,57 @@ def test_match_gmacs_within_10_percent_of_tosa(model):
     assert natural.point.options["keep"] == 0.5
 
 
+_COUNTED: dict[tuple, float] = {}
+
+
+def counter_gmacs(model: str, variant: str, options: dict) -> float:
+    """GMACs per image of a built model by the fvcore counter, not the closed form. Cached
+    by the token counts a forward pass actually produced: for one variant and otherwise
+    equal options, equal counts mean the same computation, so the same count."""
+    import torch
+
+    from tosa_bench import build_model
+    from tosa_bench.measure.flops import count_macs
+
+    m = build_model(model, variant, **options)
+    x = torch.zeros(1, 3, 32, 32)
+    with torch.no_grad():
+        m(x)
+    fixed = tuple(sorted((k, json.dumps(v)) for k, v in options.items() if k not in ("keep", "r")))
+    key = (model, variant, fixed, tuple(m.token_counts))
+    if key not in _COUNTED:
+        _COUNTED[key] = count_macs(m, x).gmacs
+    return _COUNTED[key]
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.7])
+def test_match_gmacs_is_the_counters_argmin(keep):
+    """``--match gmacs`` searches with the closed form; brute force over the same documented
+    candidates with the fvcore counter on built models must pick the same setting: ToMe
+    r = 0 .. (N-1)//2, ties to the smaller r; EViT keep 0.01 .. 1.00, ties to the keep
+    nearest the grid's keep (then the smaller). Independent of the formula the matcher uses."""
+    from tosa_bench.models.configs import get_config
+
+    model = "test_tiny"
+    cfg = get_config(model)
+    pts = expand(tiny_suite(models=(model,), keeps=(keep,), match="gmacs"))
+    tosa = next(gp for gp in pts if gp.point.variant == "tosa")
+    target = counter_gmacs(model, "tosa", tosa.point.options)
+    tome = next(gp for gp in pts if gp.point.variant == "tome")
+    evit = next(gp for gp in pts if gp.point.variant == "evit")
+    for gp in (tome, evit):
+        assert gp.match[0]["target_gmacs"] == pytest.approx(target, rel=1e-12)
+
+    r = min(range((cfg.num_tokens - 1) // 2 + 1), key=lambda r: (abs(counter_gmacs(model, "tome", {"r": r}) - target), r))
+    assert tome.point.options == {"r": r}
+    assert tome.match[0]["gmacs_analytic"] == pytest.approx(counter_gmacs(model, "tome", {"r": r}), rel=1e-12)
+
+    fuse = evit.point.options["fuse"]
+    step = min(range(1, 101), key=lambda s: (abs(counter_gmacs(model, "evit", {"keep": s / 100, "fuse": fuse}) - target), abs(s / 100 - keep), s))
+    assert evit.point.options["keep"] == step / 100
+    assert evit.match[0]["gmacs_analytic"] == pytest.approx(counter_gmacs(model, "evit", {"keep": step / 100, "fuse": fuse}), rel=1e-12)
+
+
 # ----------------------------------------------------------------------------- failures
 @pytest.mark.parametrize("exc,status", [(NonFiniteOutput("NaN out"), "error"), (RuntimeError("boom"), "error")])
 def test_failing_point_is_recorded_and_the_rest_continue(tmp_path, exc, status):

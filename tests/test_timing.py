@@ -3,6 +3,8 @@ event timer against a fake torch.cuda."""
 
 from __future__ import annotations
 
+import math
+
 import statistics
 from typing import Any, Callable, Iterable
 
@@ -231,37 +233,141 @@ def test_measure_throughput_on_gpu() -> None:
     assert r["timer"] == "cuda_events" and r["images_per_s"] > 0
 
 
-def test_paired_rounds_alternate_and_cancel_drift() -> None:
+class SideTimer:
+    """A fake timer that knows which side ran: each step function appends its name to
+    ``order``; the duration is ``times[side][k]`` for that side's k-th call (warm-up
+    included), so tests program each side's clock on its own."""
+
+    name = "fake"
+
+    def __init__(self, order: list[str], times: dict[str, list[float]]) -> None:
+        self.order, self.times, self.count = order, times, {"a": 0, "b": 0}
+
+    def time(self, step_fn: Callable[[], Any]) -> float:
+        step_fn()
+        side = self.order[-1]
+        t = self.times[side][self.count[side]]
+        self.count[side] += 1
+        return t
+
+
+def _pair(order: list[str]):
+    return (lambda: order.append("a")), (lambda: order.append("b"))
+
+
+def test_paired_protocol_interleaves_warmup_and_alternates_abba() -> None:
     from tosa_bench.measure.timing import measure_paired
 
     order: list[str] = []
-    # The machine slows down 2x after the first round; B is always 1.25x faster than A.
-    durations = [9, 1.0, 1.0, 9, 0.8, 0.8, 2.0, 2.0, 1.6, 1.6, 2.0, 2.0, 1.6, 1.6]
-    timer = FakeTimer(durations)
-    pair = measure_paired(lambda: order.append("a"), lambda: order.append("b"), timer, warmup=1, steps_per_round=2, max_rounds=3)
-    assert "".join(order) == "aaabbbaabbaabb"  # warm-up + 2 timed each, then alternating pairs
-    assert pair.a.repeats == pair.b.repeats == 6 and pair.a.warmup_steps == 1
-    assert pair.round_ratios == pytest.approx((1.25, 1.25, 1.25))
+    timer = SideTimer(order, {"a": [1.0] * 20, "b": [0.8] * 20})
+    pair = measure_paired(*_pair(order), timer, warmup=2, steps_per_round=2, min_rounds=4, max_rounds=4, target_halfwidth=0.0)
+    # warm-up a,b,a,b; then rounds AB, BA, AB, BA with 2 steps each
+    assert "".join(order) == "abab" + "aabb" + "bbaa" + "aabb" + "bbaa"
+    assert pair.a.warmup_steps == pair.b.warmup_steps == 2 and pair.a.repeats == pair.b.repeats == 8
+    assert pair.round_ratios == pytest.approx((1.25,) * 4)
+
+
+def test_paired_speedup_is_the_median_of_round_ratios_not_of_overall_medians() -> None:
+    """Drift: round 2 runs on a 10x slower machine, round 3 catches B in a fast spell. Per
+    round B is 1.25x, 1.25x, 2x faster: the median of the round ratios is 1.25, while the
+    ratio of the overall medians (A: 1, 2, 10 -> 2; B: 0.8, 1, 8 -> 1) would say 2.0."""
+    from tosa_bench.measure.timing import measure_paired
+
+    order: list[str] = []
+    timer = SideTimer(order, {"a": [1.0, 10.0, 2.0], "b": [0.8, 8.0, 1.0]})
+    pair = measure_paired(*_pair(order), timer, warmup=0, steps_per_round=1, min_rounds=3, max_rounds=3, target_halfwidth=0.0)
+    assert pair.round_ratios == pytest.approx((1.25, 1.25, 2.0))
     assert pair.speedup == pytest.approx(1.25)
+    assert pair.a.median_s / pair.b.median_s == pytest.approx(2.0)  # what the wrong combination gives
+
+
+def test_paired_stops_early_once_the_interval_is_narrow() -> None:
+    from tosa_bench.measure.timing import measure_paired
+
+    order: list[str] = []
+    steady = measure_paired(*_pair(order), SideTimer(order, {"a": [1.0] * 40, "b": [0.5] * 40}), warmup=0, min_rounds=6, max_rounds=20)
+    assert len(steady.round_ratios) == 6 and steady.interval[:2] == (2.0, 2.0) and not steady.noisy(0.05)
+    order2: list[str] = []
+    jitter = [1.0, 1.3, 0.8, 1.2, 0.9, 1.4, 0.7, 1.1] * 5
+    noisy = measure_paired(*_pair(order2), SideTimer(order2, {"a": jitter, "b": [1.0] * 40}), warmup=0, min_rounds=6, max_rounds=8)
+    assert len(noisy.round_ratios) == 8 and noisy.noisy(0.05)
 
 
 def test_paired_budget_keeps_min_rounds() -> None:
     from tosa_bench.measure.timing import measure_paired
 
-    pair = measure_paired(lambda: None, lambda: None, FakeTimer([1.0] * 100), warmup=0, steps_per_round=1, max_rounds=10, min_rounds=2, time_budget_s=0.5)
+    pair = measure_paired(lambda: None, lambda: None, FakeTimer([1.0] * 100), warmup=0, steps_per_round=1, max_rounds=10, min_rounds=2,
+                          time_budget_s=0.5, target_halfwidth=-1)
     assert len(pair.round_ratios) == 2 and pair.a.stopped_by_budget
 
 
 def test_paired_warmup_is_budgeted() -> None:
-    """With a budget, a slow model's 10 warm-up steps stop after one step once 1/8 of the
-    budget is used (half the budget per variant, a quarter of that for warm-up), while the
-    first round still times its full steps."""
+    """With a budget, warm-up stops after one step of each once a quarter of it is used."""
     from tosa_bench.measure.timing import measure_paired
 
     order: list[str] = []
-    pair = measure_paired(lambda: order.append("a"), lambda: order.append("b"), FakeTimer([2.0] * 100), warmup=10, steps_per_round=2,
-                          max_rounds=10, min_rounds=2, time_budget_s=12.0)
+    pair = measure_paired(*_pair(order), SideTimer(order, {"a": [2.0] * 100, "b": [2.0] * 100}), warmup=10, steps_per_round=1,
+                          max_rounds=10, min_rounds=2, time_budget_s=8.0, target_halfwidth=-1)
     assert pair.a.warmup_steps == pair.b.warmup_steps == 1
-    assert "".join(order) == "aaabbbaabb" and len(pair.round_ratios) == 2
-    unbudgeted = measure_paired(lambda: None, lambda: None, FakeTimer([2.0] * 100), warmup=10, steps_per_round=2, max_rounds=1)
+    assert "".join(order) == "ab" + "ab" + "ba" and len(pair.round_ratios) == 2
+    unbudgeted = measure_paired(lambda: None, lambda: None, FakeTimer([2.0] * 100), warmup=10, steps_per_round=2, min_rounds=1, max_rounds=1)
     assert unbudgeted.a.warmup_steps == 10
+
+
+@pytest.mark.parametrize("n,k,coverage", [(5, 1, 1 - 2 / 32), (6, 1, 1 - 2 / 64), (8, 1, 1 - 2 / 256), (10, 2, 1 - 2 * 11 / 1024),
+                                          (20, 6, 1 - 2 * sum(math.comb(20, j) for j in range(6)) / 2**20)])
+def test_median_interval_order_statistics(n, k, coverage) -> None:
+    """The interval is (x_(k), x_(n+1-k)) for the largest k with binomial coverage >= 95%
+    (hand-computed k per n; for n = 20 the 6th and 15th values, 95.86%)."""
+    from tosa_bench.measure.timing import median_interval
+
+    values = [float(v) for v in range(n, 0, -1)]  # unsorted on purpose
+    lo, hi, cov = median_interval(values)
+    assert (lo, hi) == (float(k), float(n + 1 - k)) and cov == pytest.approx(coverage)
+    if n <= 5:
+        assert cov < 0.95  # too few rounds: callers flag it
+
+
+def test_point_speedup_fields_from_known_times(monkeypatch) -> None:
+    """measure_point's speed-up fields against a fake clock: dense steps take 2 ms, the
+    variant's 1 ms, so speedup_paired must be exactly 2, its interval (2, 2), throughput
+    batch / 1 ms, the ideal the ratio of the two closed-form GMACs computed here on their
+    own, and the efficiency their quotient."""
+    import tosa_bench.measure.timing as timing
+    from tosa_bench.measure.analytic import analytic_gmacs
+    from tosa_bench.measure.point import measure_point
+    from tosa_bench.measure.spec import Point, Settings
+
+    class ByModel:
+        name = "fake"
+
+        def time(self, step_fn):
+            step_fn()
+            return self.next
+
+    timer = ByModel()
+    monkeypatch.setattr(timing, "default_timer", lambda device: timer)
+    point = Point("test_tiny", "tosa", {"keep": 0.5}, batch_size=4, device="cpu")
+
+    from tosa_bench.build import build_model as real_build
+
+    def tagged(name, variant="dense", **kw):
+        net = real_build(name, variant, **kw)
+        step_time = 0.002 if variant == "dense" else 0.001
+        hook = lambda *_: setattr(timer, "next", step_time)  # noqa: E731
+        net.register_forward_pre_hook(hook)
+        return net
+
+    import tosa_bench.measure.point as point_mod
+    import tosa_bench.measure.spec as spec_mod
+
+    monkeypatch.setattr(point_mod, "build_model", tagged)
+    monkeypatch.setattr(spec_mod, "build_model", tagged)
+    rec = measure_point(point, Settings(latency=False, memory=False, warmup=1, pair_min_rounds=6, pair_max_rounds=8))
+    assert rec["speedup_paired"] == 2.0
+    assert (rec["speedup_paired_ci_low"], rec["speedup_paired_ci_high"]) == (2.0, 2.0) and rec["speedup_paired_noisy"] is False
+    assert rec["pair_rounds"] == 6  # zero-width interval: stops at the minimum
+    assert rec["throughput_img_s"] == pytest.approx(4 / 0.001) and rec["dense_throughput_img_s_paired"] == pytest.approx(4 / 0.002)
+    ideal = analytic_gmacs("test_tiny", "dense", {}) / analytic_gmacs("test_tiny", "tosa", {"keep": 0.5})
+    assert rec["speedup_ideal"] == pytest.approx(ideal, rel=1e-12)
+    assert rec["speedup_efficiency"] == pytest.approx(2.0 / ideal, rel=1e-12)

@@ -175,6 +175,111 @@ def test_tome_unmerge_copies_merged_feature_to_every_source():
         assert torch.equal(out.full[b, 0], out.tokens[b, 0])  # CLS never merged
 
 
+def test_evit_fused_token_is_the_raw_cls_weighted_sum_of_the_dropped(images):
+    """EViT fuses the dropped tokens into sum_j a_j h_j with a_j the CLS attention to token j
+    averaged over heads, *not* renormalised over the dropped tokens (youweiliang/evit). The
+    dropped weights here sum to about 1/2, so a renormalised sum or a plain mean is about
+    twice as large and fails; the hand side uses the dense explicit logits, not the
+    reducer's CLS-row path."""
+    m = built("evit", keep=0.5, locations=[3], fuse=True)
+    seen = {}
+    hook = m.blocks[3].norm2.register_forward_pre_hook(lambda mod, args: seen.setdefault("h", args[0]))
+    try:
+        with torch.no_grad():
+            m(images[:2])
+    finally:
+        hook.remove()
+    with torch.no_grad():
+        x = m.embed(images[:2])
+        for blk in m.blocks[:3]:
+            x = blk(x)
+        h, _ = m.blocks[3].attention(x)
+        logits = m.attention_logits(images[:2], [3])[3]  # (B, H, N, N)
+    weights = logits[:, :, 0].softmax(-1).mean(1)[:, 1:]  # (B, N-1): token j+1's raw CLS attention
+    k = kept_count(0.5, N - 1)
+    kept = m.reducer.last_selection[3].index
+    assert seen["h"].shape == (2, k + 2, 32)  # CLS, k kept, 1 fused
+    for b in range(2):
+        dropped = sorted(set(range(1, N)) - set(kept[b].tolist()))
+        assert len(dropped) == N - 1 - k
+        w = weights[b, [j - 1 for j in dropped]]
+        assert 0.2 < float(w.sum()) < 0.8  # far from 1: renormalising would show
+        expect = (w[:, None] * h[b, dropped]).sum(0)
+        assert torch.allclose(seen["h"][b, -1], expect, rtol=1e-4, atol=1e-5)
+        assert not torch.allclose(seen["h"][b, -1], h[b, dropped].mean(0), rtol=1e-2, atol=1e-3)
+        assert torch.allclose(seen["h"][b, :-1], h[b, kept[b]], atol=1e-5)
+
+
+def test_tome_proportional_attention_on_duplicates_equals_the_unmerged_tokens():
+    """Merging two identical tokens into one of size 2 and adding log(2) to its logits is,
+    for every query, the same attention as keeping both copies: so a ToMe run that merges
+    exactly the duplicate pairs in block 0 must reproduce the dense run on the duplicated
+    sequence in every later block (after unmerge), and must not without ``prop_attn``.
+    Sharper attention (qkv weights x10) makes the missing bias clearly visible."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, N, 32, generator=g)
+    x[:, 3:N - 1:2] = x[:, 2:N - 2:2]  # pairs (2,3), (4,5), ... (62,63): A token 2i = B token 2i+1
+    pairs = (N - 3) // 2
+    out = {}
+    for prop in (True, False):
+        m = built("tome", r=[pairs] + [0] * 11, prop_attn=prop)
+        with torch.no_grad():
+            for blk in m.blocks:
+                blk.attn.qkv.weight.mul_(10)
+            run = m.reducer(m.blocks, x, need_full=True)
+            y = x
+            for blk in m.blocks:
+                y = blk(y)
+        groups = m.reducer.last_selection[0].index
+        assert run.tokens.shape[1] == N - pairs
+        assert all(torch.equal(groups[:, 2 * i], groups[:, 2 * i + 1]) for i in range(1, pairs + 1))  # the duplicates merged
+        out[prop] = (run.full - y).abs().max().item()
+    assert out[True] < 1e-5
+    assert out[False] > 1e-2
+
+
+def test_tome_unmerge_gives_every_token_its_own_group_row_by_row(images):
+    """``full`` and every intermediate map must give original token j exactly the feature
+    of the merged token j ended up in. The map is rebuilt here from the keys each block's
+    attention saw (bipartite matching per block, composed original -> current), then
+    checked against ``last_selection`` and row by row against the reduced tokens."""
+    from tosa_bench.methods.tome import bipartite_matching, max_merge
+
+    m = built("tome", r=4, prop_attn=True)  # 65 -> 17 tokens: enough left at the end that a wrong map shows
+    keys, halves, mlp_out = {}, {}, {}
+    hooks = []
+    for i, blk in enumerate(m.blocks):
+        hooks.append(blk.attn.register_forward_hook(lambda mod, a, o, i=i: keys.__setitem__(i, o.keys)))
+        hooks.append(blk.norm2.register_forward_pre_hook(lambda mod, a, i=i: halves.__setitem__(i, a[0])))
+        hooks.append(blk.mlp.register_forward_hook(lambda mod, a, o, i=i: mlp_out.__setitem__(i, o)))
+    try:
+        with torch.no_grad():
+            out = m.forward_tokens(images[:3], collect=range(12), need_full=True)
+    finally:
+        for h in hooks:
+            h.remove()
+    source = torch.arange(N).expand(3, -1)
+    for i in range(12):
+        n = keys[i].shape[2]
+        r = min(4, max_merge(n))
+        if r:
+            new_index, _ = bipartite_matching(keys[i].mean(dim=1), r)
+            source = new_index.gather(1, source)
+            assert torch.equal(m.reducer.last_selection[i].index, source), i
+        reduced = halves[i] + mlp_out[i]  # the block's output tokens, (B, n - r, D)
+        assert reduced.shape[1] == m.token_counts[i].mlp
+        for b in range(3):
+            for j in range(N):
+                assert torch.equal(out.intermediates[i][b, j], reduced[b, source[b, j]]), (i, b, j)
+    for b in range(3):
+        for j in range(N):
+            assert torch.equal(out.full[b, j], out.tokens[b, source[b, j]]), (b, j)
+    assert len(set(source[0].tolist())) == out.tokens.shape[1] < N  # every merged token has a source
+    with torch.no_grad():
+        maps = m.forward_intermediates(images[:3], [4, 11])
+    assert torch.equal(maps[0], out.intermediates[4]) and torch.equal(maps[1], out.full)
+
+
 def test_random_control_is_seeded(images):
     a, b, c = built("random", keep=0.5, seed=3), built("random", keep=0.5, seed=3), built("random", keep=0.5, seed=4)
     b.load_state_dict(a.state_dict())

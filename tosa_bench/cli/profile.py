@@ -58,7 +58,7 @@ def profile_command(
     point = Point(model, variant, options, batch_size, dtype.value, resolved, None, str(checkpoint) if checkpoint else None, str(selector) if selector else None, compile)
     net = build_point_model(point)  # bad model/options/weights fail here, before any measurement
     budget = time_budget if time_budget is not None else (12.0 if resolved == "cpu" else None)
-    settings = Settings(timing=not no_timing, warmup=warmup, repeats=repeats, time_budget_s=budget)
+    settings = Settings(timing=not no_timing, warmup=warmup, repeats=repeats, time_budget_s=budget, pair_budget_s=budget)
 
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -104,7 +104,10 @@ def _print_tables(r: dict, env: dict) -> None:
     else:
         s.add_row("throughput", r.get("timing_reason", "not measured"))
     if r.get("speedup_paired") is not None:
-        s.add_row("vs dense", f"{r['speedup_paired']:.2f}x speed-up (dense {r['dense_throughput_img_s_paired']:.1f} images/s, {r['pair_rounds']} alternating rounds, per-round {r['speedup_paired_min']:.2f}-{r['speedup_paired_max']:.2f}x); ideal from GMACs {r['speedup_ideal']:.2f}x, so {r['speedup_efficiency']:.0%} of it")
+        noisy = " NOISY (interval wider than the noise threshold: not precise)" if r.get("speedup_paired_noisy") else ""
+        s.add_row("vs dense", f"{r['speedup_paired']:.2f}x speed-up, 95% interval {r['speedup_paired_ci_low']:.2f}-{r['speedup_paired_ci_high']:.2f}x{noisy} "
+                  f"(dense {r['dense_throughput_img_s_paired']:.1f} images/s, {r['pair_rounds']} ABBA rounds); "
+                  f"ideal from GMACs {r['speedup_ideal']:.2f}x, so {r['speedup_efficiency']:.0%} of it")
     if r.get("latency_ms_p50") is not None:
         s.add_row("latency (batch 1)", f"{r['latency_ms_p50']:.2f} ms median, {r['latency_ms_p90']:.2f} ms p90")
     mem = r.get("peak_mem_mb")

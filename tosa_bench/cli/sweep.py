@@ -221,6 +221,18 @@ def _print_grid(points: list, suite: Any) -> None:
 
 
 def _run(plan: Any) -> None:
+    """Measure a planned sweep (:func:`run_plan`); exit 1 when a point is not ok."""
+    summary = run_plan(plan)
+    failed = {k: v for k, v in summary.status.items() if k != "ok"}
+    if failed:
+        err.print("points not ok: " + ", ".join(f"{v} {k}" for k, v in failed.items()) + " (see status/error in records.jsonl)",
+                  highlight=False, markup=False)
+        raise typer.Exit(1)
+
+
+def run_plan(plan: Any) -> Any:
+    """Measure the points of ``plan`` with a progress bar, rewrite the tables, print the
+    table; returns the runner's summary (Ctrl-C exits 130 with the resume hint)."""
     from tosa_bench.results import load_run
     from tosa_bench.results.tables import render
     from tosa_bench.sweep.runner import run_points
@@ -246,11 +258,7 @@ def _run(plan: Any) -> None:
     if run.records:
         _print_wide(render(run, "table"))
     out.print(f"results: {store.path}", highlight=False, markup=False)
-    failed = {k: v for k, v in summary.status.items() if k != "ok"}
-    if failed:
-        err.print("points not ok: " + ", ".join(f"{v} {k}" for k, v in failed.items()) + " (see status/error in records.jsonl)",
-                  highlight=False, markup=False)
-        raise typer.Exit(1)
+    return summary
 
 
 def _print_wide(renderable: Any) -> None:

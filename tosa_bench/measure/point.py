@@ -12,8 +12,14 @@ Record units and conventions (every record says them in ``conventions``):
   A variant is timed in alternating rounds with its dense twin (same weights, batch,
   dtype, device): per round, ratio = dense median step / variant median step
   (``speedup_paired_rounds``, in round order); ``speedup_paired`` = the median of those
-  ratios, ``speedup_paired_min``/``_max`` their range. Ratios between separately timed
-  points on a shared machine drift by tens of percent, paired ones do not.
+  ratios, ``speedup_paired_min``/``_max`` their range, ``speedup_paired_ci_low``/``_high``
+  the distribution-free 95% interval of that median (``_ci_coverage`` its exact
+  coverage) and ``speedup_paired_noisy`` True when that interval is wider than
+  +-``Settings.noise_threshold`` (tables then mark the speed-up as noisy). Rounds run in
+  ABBA order after interleaved warm-up (:func:`tosa_bench.measure.timing.measure_paired`).
+  Ratios between separately timed points on a shared machine drift by tens of percent,
+  paired ones do not. With ``Settings.pair_dense`` dense is paired with a second dense
+  instance (the A/A check: it must read 1.00).
   ``speedup_ideal`` = dense GMACs / the point's GMACs (formula), ``speedup_efficiency``
   = ``speedup_paired`` / ``speedup_ideal``. ``benchmarks/tosa_speedup.py`` reports the
   same fields from the same code.
@@ -132,7 +138,7 @@ def _throughput(model, point: Point, settings: Settings, device: str) -> dict[st
     variant's backbone weights, so the two differ only in the method."""
     from tosa_bench.measure.timing import default_timer, measure_paired, measure_throughput
 
-    if not settings.paired or registry.is_dense(point.variant):
+    if not settings.paired or (registry.is_dense(point.variant) and not settings.pair_dense):
         tp = measure_throughput(model, point.batch_size, model.cfg.img_size, device, point.dtype, settings.warmup, settings.repeats, settings.time_budget_s, point.compile)
         return _throughput_fields(tp["images_per_s"], tp["images_per_s_low"], tp["images_per_s_high"], tp["step_time_s_median"], tp["step_time_s_p10"], tp["step_time_s_p90"], tp["repeats"], tp["warmup_steps"], tp["timer"])
     dense = build_model(point.model, registry.DENSE, checkpoint=point.checkpoint, img_size=point.img_size)
@@ -151,13 +157,18 @@ def _throughput(model, point: Point, settings: Settings, device: str) -> dict[st
         return step
 
     pair = measure_paired(step_of(runners[0]), step_of(runners[1]), default_timer(dev), warmup=max(settings.warmup, int(point.compile)),
-                          steps_per_round=settings.pair_steps, max_rounds=max(2, settings.repeats // settings.pair_steps),
-                          time_budget_s=settings.time_budget_s)
+                          steps_per_round=settings.pair_steps, min_rounds=settings.pair_min_rounds, max_rounds=settings.pair_rounds_max,
+                          time_budget_s=settings.pair_budget, target_halfwidth=settings.pair_target)
     b, a = pair.b, pair.a
     out = _throughput_fields(point.batch_size / b.median_s, point.batch_size / b.max_s, point.batch_size / b.min_s, b.median_s, b.p10_s, b.p90_s, b.repeats, b.warmup_steps, b.timer)
+    low, high, coverage = pair.interval
     out.update(
         dense_throughput_img_s_paired=point.batch_size / a.median_s,
         speedup_paired=pair.speedup,
+        speedup_paired_ci_low=low,
+        speedup_paired_ci_high=high,
+        speedup_paired_ci_coverage=coverage,
+        speedup_paired_noisy=pair.noisy(settings.noise_threshold),
         speedup_paired_min=min(pair.round_ratios),
         speedup_paired_max=max(pair.round_ratios),
         speedup_paired_rounds=list(pair.round_ratios),

@@ -80,13 +80,36 @@ class Settings:
     repeats: int = 40
     time_budget_s: float | None = None  # throughput phase; latency gets half of it
     paired: bool = True  # time a variant in alternating rounds with its dense twin
-    # timed steps of each model per alternating round; the rounds are
-    # max(2, repeats // pair_steps), so ``repeats`` stays the variant's timed steps
-    pair_steps: int = 2
+    # Paired timing (measure.timing.measure_paired): ``pair_steps`` timed steps of each
+    # side per round; at least ``pair_min_rounds`` rounds, at most ``pair_max_rounds``
+    # (None: ``repeats``); it stops early once the 95% interval of the speed-up is within
+    # +-``pair_target`` of it, or when ``pair_budget_s`` seconds are spent (None: 4 x
+    # ``time_budget_s``, or no budget). A speed-up whose interval is wider than
+    # +-``noise_threshold`` (or does not reach 95% coverage) is flagged noisy.
+    pair_steps: int = 1
+    pair_min_rounds: int = 6
+    pair_max_rounds: int | None = None
+    pair_budget_s: float | None = None
+    pair_target: float = 0.02
+    noise_threshold: float = 0.05
+    # A/A: time dense against a second dense instance too (its speed-up must read 1.00)
+    pair_dense: bool = False
 
     def __post_init__(self) -> None:
         if self.pair_steps < 1:
             raise OptionError(f"pair_steps: timed steps per round must be >= 1, got {self.pair_steps}")
+        if self.pair_min_rounds < 2:
+            raise OptionError(f"pair_min_rounds: need at least 2 rounds, got {self.pair_min_rounds}")
+
+    @property
+    def pair_rounds_max(self) -> int:
+        return max(self.pair_min_rounds, self.pair_max_rounds or self.repeats)
+
+    @property
+    def pair_budget(self) -> float | None:
+        if self.pair_budget_s is not None:
+            return self.pair_budget_s or None  # 0: no budget
+        return 4 * self.time_budget_s if self.time_budget_s is not None else None
 
 
 def build_point_model(point: Point):

@@ -36,6 +36,9 @@ __all__ = [
     "measure",
     "measure_throughput",
     "measure_latency",
+    "measure_paired",
+    "median_interval",
+    "PairedStats",
 ]
 
 class StepTimer(Protocol):
@@ -366,24 +369,68 @@ def measure_latency(
     return {**meta, "latency_ms_p50": stats.latency_ms_p50, "latency_ms_p90": stats.latency_ms_p90, **stats.summary()}
 
 
+def median_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
+    """Distribution-free confidence interval of the median of ``values``: the order
+    statistics (x_(k), x_(n+1-k)) with the largest k whose coverage
+    1 - 2 P(Binomial(n, 1/2) <= k - 1) is at least ``level``. Returns (low, high,
+    coverage). With 5 values or fewer no pair reaches 95%: the interval is then (min, max)
+    with the coverage it really has (n = 5: 93.75%), which callers flag as noisy.
+
+    Why not a bootstrap: with the 6-20 rounds a sweep can afford, the bootstrap of a
+    median is coarse and random; the order-statistic interval is exact for any
+    continuous distribution and the same every time for the same rounds.
+    """
+    xs = sorted(values)
+    n = len(xs)
+    if n == 0:
+        raise ValueError("median_interval: no values")
+    cdf = [0.0] * (n + 1)  # cdf[j] = P(Bin(n, 1/2) <= j)
+    acc = 0.0
+    for j in range(n + 1):
+        acc += math.comb(n, j) / 2**n
+        cdf[j] = acc
+    best = 1
+    for k in range(1, (n + 1) // 2 + 1):
+        if 1 - 2 * cdf[k - 1] >= level:
+            best = k
+    return xs[best - 1], xs[n - best], 1 - 2 * cdf[best - 1]
+
+
 @dataclass(frozen=True)
 class PairedStats:
-    """Two step functions timed in alternating rounds (A then B, round after round), so
-    drift and other load on a shared machine hit both alike.
+    """Two step functions timed in alternating rounds, so drift and other load on a
+    shared machine hit both alike.
 
     a, b: all timed steps of each (warm-up excluded). round_ratios: per round, median A
     step / median B step (> 1: B is faster). ``speedup`` = the median of the round
     ratios: each compares steps taken moments apart, so slow drift cancels (a ratio of
-    the overall medians would mix steps from different minutes).
+    the overall medians would mix steps from different minutes). ``interval`` is the
+    distribution-free 95% interval of that median (:func:`median_interval`) with its
+    coverage; ``halfwidth`` its half-width relative to the speed-up.
     """
 
     a: TimingStats
     b: TimingStats
     round_ratios: tuple[float, ...]
+    level: float = 0.95
 
     @property
     def speedup(self) -> float:
         return statistics.median(self.round_ratios)
+
+    @property
+    def interval(self) -> tuple[float, float, float]:
+        return median_interval(self.round_ratios, self.level)
+
+    @property
+    def halfwidth(self) -> float:
+        lo, hi, _ = self.interval
+        return (hi - lo) / (2 * self.speedup)
+
+    def noisy(self, threshold: float) -> bool:
+        """True when the interval is wider than +-``threshold`` of the speed-up, or does
+        not reach its nominal coverage (too few rounds)."""
+        return self.halfwidth > threshold or self.interval[2] < self.level
 
 
 def measure_paired(
@@ -391,41 +438,63 @@ def measure_paired(
     step_b: Callable[[], Any],
     timer: StepTimer,
     warmup: int = 2,
-    steps_per_round: int = 2,
-    max_rounds: int = 10,
-    min_rounds: int = 2,
+    steps_per_round: int = 1,
+    max_rounds: int = 20,
+    min_rounds: int = 6,
     time_budget_s: float | None = None,
+    target_halfwidth: float = 0.02,
+    level: float = 0.95,
 ) -> PairedStats:
-    """Alternate ``steps_per_round`` timed steps of A and of B for up to ``max_rounds``
-    rounds (A and B each warmed up ``warmup`` steps before the first round). With a budget
-    (seconds of measured step time, warm-up included) rounds stop once it is spent, never
-    before ``min_rounds``, and each warm-up stops early as :func:`measure` does, against
-    half the budget (so after one step once it has used 1/8 of the whole)."""
-    if steps_per_round < 1 or max_rounds < 1:
-        raise OptionError(f"need steps_per_round >= 1 and max_rounds >= 1, got {steps_per_round}, {max_rounds}")
+    """Time A against B in alternating rounds; the protocol is built so that neither side
+    can be favoured by its position:
+
+    - warm-up: ``warmup`` untimed steps of each, interleaved A, B, A, B, ... (both are
+      warm before anything is timed; with a budget, warm-up stops after at least one step
+      each once it has used a quarter of the budget);
+    - round r runs ``steps_per_round`` timed steps of each side, A first in even rounds
+      and B first in odd ones (ABBA ...), so a side never always follows the other;
+      its ratio is median A step / median B step;
+    - stopping: after ``min_rounds`` rounds, as soon as the 95% interval of the median
+      ratio is within +-``target_halfwidth`` of it, or the budget (seconds of measured
+      step time, warm-up included) is spent; at most ``max_rounds``.
+    """
+    if steps_per_round < 1 or max_rounds < 1 or min_rounds < 1:
+        raise OptionError(f"need steps_per_round, max_rounds and min_rounds >= 1, got {steps_per_round}, {max_rounds}, {min_rounds}")
+    if time_budget_s is not None and not time_budget_s > 0:
+        raise OptionError(f"time budget: expected a number of seconds > 0, got {time_budget_s}")
+    steps = {"a": step_a, "b": step_b}
     times: dict[str, list[float]] = {"a": [], "b": []}
-    warm = {"a": (0, 0.0), "b": (0, 0.0)}
-    ratios: list[float] = []
-    spent, stopped = 0.0, False
-    for r in range(max_rounds):
-        if time_budget_s is not None and r >= min_rounds and spent >= time_budget_s:
-            stopped = True
+    warm = {"a": [0, 0.0], "b": [0, 0.0]}
+    spent = 0.0
+    for i in range(warmup):
+        if time_budget_s is not None and i >= 1 and spent >= 0.25 * time_budget_s:
             break
+        for key in ("a", "b"):
+            t = timer.time(steps[key])
+            warm[key][0] += 1
+            warm[key][1] += t
+            spent += t
+    ratios: list[float] = []
+    stopped = False
+    for r in range(max_rounds):
+        if r >= min(min_rounds, max_rounds):
+            if median_interval(ratios, level)[2] >= level:
+                lo, hi, _ = median_interval(ratios, level)
+                if (hi - lo) / (2 * statistics.median(ratios)) <= target_halfwidth:
+                    break
+            if time_budget_s is not None and spent >= time_budget_s:
+                stopped = True
+                break
         medians = {}
-        for key, step in (("a", step_a), ("b", step_b)):
-            if r == 0 and time_budget_s is not None:  # budgeted warm-up
-                s = measure(step, warmup, steps_per_round, timer, time_budget_s / 2, min_repeats=steps_per_round)
-            else:
-                s = measure(step, warmup if r == 0 else 0, steps_per_round, timer)
-            if r == 0:
-                warm[key] = (s.warmup_steps, s.warmup_time_s)
-            times[key].extend(s.step_times_s)
-            medians[key] = s.median_s
-            spent += sum(s.step_times_s) + s.warmup_time_s
+        for key in (("a", "b") if r % 2 == 0 else ("b", "a")):
+            own = [timer.time(steps[key]) for _ in range(steps_per_round)]
+            times[key].extend(own)
+            medians[key] = statistics.median(own)
+            spent += sum(own)
         ratios.append(medians["a"] / medians["b"])
     threads = torch.get_num_threads()
 
     def stats(key: str) -> TimingStats:
         return TimingStats(tuple(times[key]), warm[key][0], warm[key][1], max_rounds * steps_per_round, stopped, timer.name, threads)
 
-    return PairedStats(stats("a"), stats("b"), tuple(ratios))
+    return PairedStats(stats("a"), stats("b"), tuple(ratios), level)

@@ -124,6 +124,9 @@ def frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
                 "gmacs": r.get("gmacs"), "gflops": r.get("gflops"), "gmacs_analytic": r.get("gmacs_analytic"),
                 "throughput": r.get("throughput_img_s"), "throughput_low": r.get("throughput_img_s_low"),
                 "_paired": r.get("speedup_paired"),
+                "speedup_low": r.get("speedup_paired_ci_low"), "speedup_high": r.get("speedup_paired_ci_high"),
+                "speedup_noisy": r.get("speedup_paired_noisy"),
+                "_noise_threshold": (r.get("settings") or {}).get("noise_threshold"),
                 "throughput_high": r.get("throughput_img_s_high"), "timed_steps": r.get("timed_steps"),
                 "latency_ms": r.get("latency_ms_p50"), "peak_mem_mib": r.get("peak_mem_mb"),
                 "top1": r.get("top1"), "top5": r.get("top5"), "n_images": r.get("n_images"),
@@ -210,7 +213,20 @@ def _cell(row: pd.Series, col: str) -> str:
         return ""
     if col in ("top1", "delta1") and pd.isna(row[col]):
         return "n/m"
+    if col == "speedup":
+        return _speedup_cell(row)
     return _fmt(row[col], COLUMNS[col][2])
+
+
+def _speedup_cell(row: pd.Series) -> str:
+    """``1.21 (1.17-1.25)``: the paired speed-up with its 95% interval; ``noisy`` after it
+    when that interval is wider than the run's noise threshold (the number is then not
+    precise); the bare ratio for records timed without an interval."""
+    text = _fmt(row["speedup"], "ratio")
+    if not text or pd.isna(row.get("speedup_low")) or pd.isna(row.get("speedup_high")):
+        return text
+    text += f" ({row['speedup_low']:.2f}-{row['speedup_high']:.2f})"
+    return text + " noisy" if row.get("speedup_noisy") is True else text
 
 
 def _values(df: pd.DataFrame, col: str) -> list[str]:
@@ -228,7 +244,8 @@ def caption(df: pd.DataFrame, env: dict[str, Any] | None) -> list[str]:
                  + (f" ({_span(steps)} timed steps per point)" if len(steps) else "")
                  + "; latency: batch 1, median, ms; GMACs per image (GFLOPs = 2 x GMACs); "
                  "speed-up and GMACs ratio vs dense of the same model/batch/dtype/device"
-                 + (" (speed-up timed in alternating rounds with a dense twin)." if "_paired_any" in df.attrs else "."))
+                 + (" (speed-up timed in alternating rounds with a dense twin: median of the rounds, 95% interval in"
+                    f" brackets, 'noisy' where it is wider than +-{_threshold(df):.0%})." if "_paired_any" in df.attrs else "."))
     reasons = [r for r in dict.fromkeys(df["accuracy_reason"].dropna()) if r]
     if reasons:
         lines.append("Accuracy n/m = not measured or flagged: " + " | ".join(reasons) + ".")
@@ -236,6 +253,11 @@ def caption(df: pd.DataFrame, env: dict[str, Any] | None) -> list[str]:
     for _, r in bad.drop_duplicates("config_hash").iterrows():
         lines.append(f"{r['method']} {r['setting']}: {r['status']} ({r['error']})")
     return lines
+
+
+def _threshold(df: pd.DataFrame) -> float:
+    values = pd.to_numeric(df["_noise_threshold"], errors="coerce").dropna()
+    return float(values.max()) if len(values) else 0.05
 
 
 def _span(values: pd.Series) -> str:

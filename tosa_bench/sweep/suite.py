@@ -44,6 +44,14 @@ which are the default run ``tosa-bench sweep``, also shipped as ``suites/quick.t
     warmup = 3                  # steps
     repeats = 20                # timed steps at most
     time_budget_s = 2.5         # seconds per timing phase (warm-up included); 0: none
+    pair_min_rounds = 6         # paired timing (variant vs dense twin): rounds at least,
+    pair_budget_s = 10.0        # seconds at most (default 4 x time_budget_s; 0: none); it stops
+                                # earlier once the speed-up's 95% interval is within +-2%
+    noise_threshold = 0.05      # a speed-up whose 95% interval is wider than +-5% is flagged noisy
+    pair_dense = false          # A/A: time dense against a second dense instance too (reads 1.00)
+
+    [gate]                      # tosa-bench check: relative tolerance per ratio metric (default 0.10)
+    tolerance = {speedup = 0.10, peak_mem_ratio = 0.10}
 
 Relative paths in a suite file resolve against the file's folder (on the command line:
 against the current directory); paths are stored absolute. A resolved suite (a run's
@@ -115,6 +123,12 @@ class Suite:
     warmup: int = 3
     repeats: int = 20
     time_budget_s: float | None = 2.5
+    pair_min_rounds: int = 6
+    pair_budget_s: float | None = None
+    noise_threshold: float = 0.05
+    pair_dense: bool = False
+    # gate: ratio metric -> relative tolerance (tosa_bench.results.compare)
+    tolerance: Mapping[str, float] = field(default_factory=dict)
     source: str | None = None
 
     def settings(self) -> Settings:
@@ -122,6 +136,8 @@ class Suite:
         return Settings(
             timing=self.timing, latency=self.latency, memory=self.memory,
             warmup=self.warmup, repeats=self.repeats, time_budget_s=self.time_budget_s,
+            pair_min_rounds=self.pair_min_rounds, pair_budget_s=self.pair_budget_s, noise_threshold=self.noise_threshold,
+            pair_dense=self.pair_dense,
         )
 
     def with_overrides(self, **changes: Any) -> "Suite":
@@ -149,7 +165,9 @@ SCHEMA: dict[str, tuple[str, ...]] = {
              "dtypes", "devices", "img_size", "match", "seed", "importance", "compile"),
     "weights": ("checkpoint", "selector", "depth_checkpoint"),
     "data": ("imagenet", "nyu", "limit", "eval_batch_size", "num_workers", "depth_input"),
-    "measure": ("timing", "latency", "memory", "warmup", "repeats", "time_budget_s"),
+    "measure": ("timing", "latency", "memory", "warmup", "repeats", "time_budget_s", "pair_min_rounds", "pair_budget_s",
+                "noise_threshold", "pair_dense"),
+    "gate": ("tolerance",),
 }
 IGNORED_SECTIONS = ("run", "points")  # written into a run's resolved suite.toml
 
@@ -361,6 +379,20 @@ def from_dict(doc: Mapping[str, Any], source: str = "suite", base_dir: Path | No
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 or math.isinf(v):
                 raise ctx.fail(name, "a number of seconds >= 0 (0: no budget)", v)
             out[key] = float(v) if v > 0 else None
+        elif key == "pair_budget_s":
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 or math.isinf(v):
+                raise ctx.fail(name, "a number of seconds >= 0 (0: no budget)", v)
+            out[key] = float(v)
+        elif key == "pair_min_rounds":
+            out[key] = _int(ctx, name, v, 2)
+        elif key == "noise_threshold":
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
+                raise ctx.fail(name, "a relative half-width in (0, 1), e.g. 0.05", v)
+            out[key] = float(v)
+        elif key == "pair_dense":
+            out[key] = _bool(ctx, name, v)
+        elif key == "tolerance":
+            out[key] = _tolerances(ctx, name, v)
     for key, models in (("checkpoint", out.get("checkpoint")), ("selector", out.get("selector")), ("depth_checkpoint", out.get("depth_checkpoint"))):
         for m in models or {}:
             if m != "*" and m not in out.get("models", Suite.models):
@@ -371,6 +403,23 @@ def from_dict(doc: Mapping[str, Any], source: str = "suite", base_dir: Path | No
     if out.get("match") == "gmacs" and out.get("tome_r"):
         raise ctx.fail("grid.tome_r", "no explicit ToMe r with match = \"gmacs\" (matching chooses r)", list(out["tome_r"]))
     return Suite(**out, source=source if source != "command line" else None)
+
+
+def _tolerances(ctx: _Ctx, key: str, v: Any) -> dict[str, float]:
+    """{ratio metric: relative tolerance in (0, 10)}; the metrics are the gate's ratio metrics."""
+    from tosa_bench.results.compare import METRICS
+
+    ratio = [m.name for m in METRICS if m.kind == "ratio"]
+    if not isinstance(v, Mapping):
+        raise ctx.fail(key, f"a table of relative tolerances, e.g. {{{ratio[0]} = 0.10}}", v)
+    out = {}
+    for metric, tol in v.items():
+        if metric not in ratio:
+            raise ctx.fail(f"{key}.{metric}", f"a ratio metric ({', '.join(ratio)})", metric)
+        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 < tol < 10:
+            raise ctx.fail(f"{key}.{metric}", "a relative tolerance in (0, 10), e.g. 0.10", tol)
+        out[str(metric)] = float(tol)
+    return out
 
 
 def _device_item(x: Any) -> str:
@@ -418,7 +467,7 @@ def to_dict(suite: Suite) -> dict[str, Any]:
             v = flat[key]
             if key == "time_budget_s" and v is None:
                 v = 0  # "no budget" (TOML has no null)
-            if v is None or (key in ("checkpoint", "selector", "depth_checkpoint") and not v):
+            if v is None or (key in ("checkpoint", "selector", "depth_checkpoint", "tolerance") and not v):
                 continue
             if key in ("checkpoint", "selector", "depth_checkpoint") and set(v) == {"*"}:
                 v = v["*"]
