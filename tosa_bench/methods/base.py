@@ -143,7 +143,13 @@ class TokenReducer(nn.Module):
         counts, inter = [], {}
         for i, blk in enumerate(blocks):
             counts.append(BlockTokens(x.shape[1], x.shape[1]))
-            x = blk(x)
+            # The same two calls as every other method's loop, keeping the attention output
+            # alive until the next block's attention, not ``x = blk(x)``: that frees the
+            # block's buffers sooner, and on a CPU glibc then hands them back to the OS and
+            # faults them in again, which made dense ~4% slower than ToSA at keep 1.0 (the
+            # same computation) in the A/A check (benchmarks/aa_check.py).
+            h, _att = blk.attention(x)
+            x = blk.feedforward(h)
             if i in collect:
                 inter[i] = x
         self.token_counts = counts

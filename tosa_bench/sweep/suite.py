@@ -44,8 +44,8 @@ which are the default run ``tosa-bench sweep``, also shipped as ``suites/quick.t
     warmup = 3                  # steps
     repeats = 20                # timed steps at most
     time_budget_s = 2.5         # seconds per timing phase (warm-up included); 0: none
-    pair_min_rounds = 6         # paired timing (variant vs dense twin): rounds at least,
-    pair_budget_s = 10.0        # seconds at most (default 4 x time_budget_s; 0: none); it stops
+    pair_min_rounds = 12        # paired timing (variant vs dense twin): rounds at least,
+    pair_budget_s = 15.0        # seconds at most (0: none); it stops
                                 # earlier once the speed-up's 95% interval is within +-2%
     noise_threshold = 0.05      # a speed-up whose 95% interval is wider than +-5% is flagged noisy
     pair_dense = false          # A/A: time dense against a second dense instance too (reads 1.00)
@@ -123,8 +123,8 @@ class Suite:
     warmup: int = 3
     repeats: int = 20
     time_budget_s: float | None = 2.5
-    pair_min_rounds: int = 6
-    pair_budget_s: float | None = None
+    pair_min_rounds: int = 12
+    pair_budget_s: float | None = 15.0
     noise_threshold: float = 0.05
     pair_dense: bool = False
     # gate: ratio metric -> relative tolerance (tosa_bench.results.compare)
