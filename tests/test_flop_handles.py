@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tosa_bench.measure.flops import MacCount, count_macs
+from tosa_bench.measure.flops import MacCount, count_macs, per_element_handle, sdpa_mac_handle
 from tosa_bench.models.configs import get_config
 from tosa_bench.models.vit import Attention, VisionTransformer
 
@@ -170,3 +170,57 @@ def test_deit_tiny_matches_published_gmacs() -> None:
     without_elementwise = r.total - r.by_operator["softmax"] - r.by_operator["gelu"]
     assert round(without_elementwise / 1e9, 2) == 1.26
     assert r.by_operator["scaled_dot_product_attention"] == 12 * 2 * 197**2 * 192
+
+
+class _Traced:
+    """Stands in for a traced ``torch._C.Value``: what fvcore's ``get_shape`` reads.
+    ``shape=None`` is a value the trace recorded no complete shape for."""
+
+    def __init__(self, shape: tuple[int, ...] | None) -> None:
+        self.shape = shape
+
+    def isCompleteTensor(self) -> bool:  # noqa: N802 (torch's name)
+        return self.shape is not None
+
+    def type(self) -> "_Traced":
+        return self
+
+    def sizes(self) -> list[int]:
+        return list(self.shape)
+
+
+def _sdpa(q, k, v, out=None) -> dict[str, int]:
+    return dict(sdpa_mac_handle([_Traced(q), _Traced(k), _Traced(v)], [] if out is None else [_Traced(out)]))
+
+
+def test_sdpa_handle_without_an_output_shape_broadcasts_q_k_v() -> None:
+    """The fallback for a trace that recorded no output shape: every one of q, k, v
+    contributes its own broadcast dimension here, so leaving one out, or cutting the
+    batch dims one too short or too long, changes the count."""
+    q, k, v = (2, 1, 1, 6, 8), (1, 3, 1, 7, 8), (1, 1, 4, 7, 5)
+    expect = {"scaled_dot_product_attention": 24 * 6 * 7 * (8 + 5), "softmax": 24 * 6 * 7}
+    assert _sdpa(q, k, v) == expect
+    assert _sdpa(q, k, v, out=(2, 3, 4, 6, 5)) == expect  # the traced output says the same
+
+
+def test_sdpa_handle_grouped_query_attention_takes_the_query_heads() -> None:
+    # 8 query heads over 2 key/value heads do not broadcast: the kv heads are repeated
+    q, k, v = (2, 2, 8, 6, 4), (2, 2, 2, 7, 4), (2, 2, 2, 7, 4)
+    assert _sdpa(q, k, v) == {"scaled_dot_product_attention": 32 * 6 * 7 * 8, "softmax": 32 * 6 * 7}
+
+
+@pytest.mark.parametrize("missing", [0, 1, 2])
+def test_sdpa_handle_refuses_untraced_shapes(missing: int) -> None:
+    shapes = [(1, 2, 3, 4)] * 3
+    shapes[missing] = None
+    with pytest.raises(ValueError, match=r"^scaled_dot_product_attention: the trace recorded no shapes for q, k, v$"):
+        _sdpa(*shapes)
+
+
+def test_per_element_handle_counts_its_input_or_its_output() -> None:
+    inputs, outputs = [_Traced((2, 3)), _Traced((7,))], [_Traced((4, 5))]
+    assert per_element_handle("gelu")(inputs, outputs) == {"gelu": 6}  # default: the first input
+    assert per_element_handle("gelu", of="input")(inputs, outputs) == {"gelu": 6}
+    assert per_element_handle("softmax", of="output")(inputs, outputs) == {"softmax": 20}
+    with pytest.raises(ValueError, match=r"^softmax: the trace recorded no shape$"):
+        per_element_handle("softmax")([_Traced(None)], outputs)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tosa_bench import build_model
-from tosa_bench.measure.analytic import analytic_macs
+from tosa_bench.measure.analytic import analytic_gmacs, analytic_macs
 from tosa_bench.measure.flops import count_macs
 from tosa_bench.methods.registry import expected_token_counts
 
@@ -23,6 +23,8 @@ CASES = [
     ("tome", {"r": 3, "schedule": "decreasing", "prop_attn": False}),
     ("evit", {"keep": 0.7}),
     ("evit", {"keep": 0.5, "fuse": False, "locations": [1, 2]}),
+    ("evit", {"keep": 0.9}),  # test_tiny: keeps 15 of 16 patches, one short of all
+    ("evit", {"keep": 1.0}),  # locations that drop nothing add nothing
 ]
 
 
@@ -51,6 +53,28 @@ def test_counter_agrees_with_formula(model, variant, options):
     assert reducer_outside(counted) == sum(formula.outside)
     assert counted.by_module["patch_embed"] == formula.embed
     assert counted.by_module["norm"] + counted.by_module["head"] == formula.tail
+    assert counted.total == formula.total
+    assert all(type(v) is int for v in (formula.embed, formula.tail, *formula.blocks, *formula.outside))
+
+
+@pytest.mark.parametrize("variant,options", [("dense", {}), ("tosa", {"keep": 0.5}), ("tome", {"r": 4}), ("evit", {"keep": 0.7})])
+def test_analytic_gmacs_at_another_image_size_is_the_counters(variant, options):
+    """``analytic_gmacs(..., img_size=)`` (what ``--match gmacs`` and the tables use at a
+    non-default resolution) must cost the model at that size, not at its default one."""
+    m = build_model("test_tiny", variant, img_size=64, **options)
+    counted = count_macs(m, torch.randn(1, 3, 64, 64))
+    assert analytic_gmacs("test_tiny", variant, options, img_size=64) == pytest.approx(counted.gmacs, rel=1e-12)
+    assert analytic_gmacs("test_tiny", variant, options) < counted.gmacs / 3
+
+
+@pytest.mark.parametrize("num_classes", [0, 1])
+def test_counter_agrees_without_a_classifier_and_with_one_class(num_classes):
+    """A backbone for a dense head (no classifier: an identity head, 0 MACs) and a
+    one-logit head (D MACs) are costed like the counter sees them."""
+    m = build_model("test_tiny", "tosa", keep=0.5, num_classes=num_classes)
+    counted = count_macs(m, torch.randn(1, 3, 32, 32))
+    formula = analytic_macs(m.cfg, m.reducer, m.token_counts)
+    assert counted.by_module.get("head", 0) == m.cfg.embed_dim * num_classes
     assert counted.total == formula.total
 
 

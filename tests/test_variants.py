@@ -183,7 +183,7 @@ def test_evit_fused_token_is_the_raw_cls_weighted_sum_of_the_dropped(images):
     reducer's CLS-row path."""
     m = built("evit", keep=0.5, locations=[3], fuse=True)
     seen = {}
-    hook = m.blocks[3].norm2.register_forward_pre_hook(lambda mod, args: seen.setdefault("h", args[0]))
+    hook = m.blocks[3].norm2.register_forward_pre_hook(lambda mod, args: seen.__setitem__("h", args[0]))
     try:
         with torch.no_grad():
             m(images[:2])
