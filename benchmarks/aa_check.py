@@ -38,6 +38,7 @@ from tosa_bench.measure.env import environment_record
 from tosa_bench.measure.point import measure_point
 from tosa_bench.measure.spec import Point, resolve_device
 from tosa_bench.results.store import ENV, RunStore
+from tosa_bench.sweep.session import check_out_dir
 from tosa_bench.sweep.accuracy import ACCURACY_FIELDS
 from tosa_bench.sweep.grid import GridPoint
 from tosa_bench.sweep.runner import measure_one
@@ -60,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--need", type=int, default=None, help="repeats within tolerance needed (default: 9 of 10, all of fewer)")
     p.add_argument("--tolerance", type=float, default=0.05)
-    p.add_argument("--out", type=Path, default=Path("results/aa-cpu-2core"))
+    p.add_argument("--out", type=Path, default=Path("runs/aa-cpu-2core"),
+                   help="run directory, replaced on each run (the committed one: results/aa-cpu-2core)")
     a = p.parse_args(argv)
     if a.repeats < 1 or not 0 < a.tolerance < 1:
         p.error("need --repeats >= 1 and --tolerance in (0, 1)")
@@ -72,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     batch = a.batch_size or suite.batch_size[dev_type][0]
     settings = replace(suite.settings(), latency=False, memory=False, pair_dense=True)
 
+    check_out_dir(a.out, overwrite=True)  # never the root, home, a file or a folder that is not a run
     if a.out.exists():
         shutil.rmtree(a.out)  # one check, one result
     store = RunStore.create(a.out)

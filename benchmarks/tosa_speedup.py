@@ -41,6 +41,7 @@ from tosa_bench.measure.point import measure_point
 from tosa_bench.measure.spec import Point, Settings, resolve_device
 from tosa_bench.precision import resolve_autocast
 from tosa_bench.results.store import ENV, RECORDS, RunStore
+from tosa_bench.sweep.session import check_out_dir
 from tosa_bench.sweep.accuracy import ACCURACY_FIELDS
 from tosa_bench.sweep.grid import GridPoint
 from tosa_bench.sweep.runner import measure_one
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=2, help="timed steps per variant per round")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--target", type=float, default=0.85, help="required share of the ideal speed-up")
-    p.add_argument("--out", type=Path, default=Path("results/tosa-speedup-cpu"))
+    p.add_argument("--out", type=Path, default=Path("runs/tosa-speedup-cpu"))
     a = p.parse_args(argv)
     if a.rounds < 2 or a.steps < 1 or a.warmup < 0:
         p.error("need --rounds >= 2, --steps >= 1 and --warmup >= 0")
@@ -81,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                      pair_steps=a.steps, pair_min_rounds=a.rounds, pair_max_rounds=a.rounds, pair_target=0.0)
     counted = Settings(timing=False, latency=False, memory=False)
 
+    check_out_dir(a.out, overwrite=True)  # never the root, home, a file or a folder that is not a run
     if (a.out / RECORDS).exists():
         (a.out / RECORDS).unlink()  # one benchmark, one result: a rerun replaces the last
     store = RunStore.create(a.out)

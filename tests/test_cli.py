@@ -54,7 +54,7 @@ def test_profile_no_timing_and_table():
         (["profile", "--model", "test_tiny", "--checkpoint", "/nonexistent.pth", "--no-timing"], "no such file"),
         (["profile", "--model", "test_tiny", "--device", "cuda", "--no-timing"], "no CUDA device"),
         (["profile", "--model", "test_tiny", "--dtype", "fp16", "--device", "cpu", "--no-timing"], "fp16"),
-        (["eval", "imagenet", "--data", "/nonexistent", "--model", "test_tiny"], "not found"),
+        (["eval", "--imagenet", "/nonexistent", "--model", "test_tiny"], "not found"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, message):
@@ -74,11 +74,12 @@ def test_data_make_then_eval_both_tasks(tmp_path):
     shapes, rooms = tmp_path / "shapes", tmp_path / "rooms"
     assert run("data", "make", "shapes", "--out", str(shapes), "--n", "12", "--size", "32").exit_code == 0
     assert run("data", "make", "rooms", "--out", str(rooms), "--n", "4", "--size", "32").exit_code == 0
-    r = run("eval", "imagenet", "--data", str(shapes), "--model", "test_tiny", "--variant", "tosa", "--keep", "0.5", "--workers", "0", "--device", "cpu", "--json")
+    r = run("eval", "--imagenet", str(shapes), "--model", "test_tiny", "--variant", "tosa", "--keep", "0.5", "--workers", "0", "--device", "cpu", "--json")
     assert r.exit_code == 0, r.output
     d = json.loads(r.stdout)
-    assert d["n_images"] == 12 and 0 <= d["top1"] <= d["top5"] <= 100 and "random weights" in d["weights"]
-    r = run("eval", "nyu", "--data", str(rooms), "--model", "test_tiny", "--variant", "tome", "--tome-r", "2", "--workers", "0", "--device", "cpu", "--json")
+    assert d["n_images"] == 12 and 0 <= d["top1"] <= d["top5"] <= 100
+    assert d["weights"] == "random" and d["meaningful"] is False and "random weights" in d["accuracy_reason"]
+    r = run("eval", "--nyu", str(rooms), "--model", "test_tiny", "--variant", "tome", "--tome-r", "2", "--workers", "0", "--device", "cpu", "--json")
     assert r.exit_code == 0, r.output
     d = json.loads(r.stdout)
     assert d["n_images"] >= 1 and {"delta1", "absrel", "rmse", "silog"} <= set(d)

@@ -65,8 +65,11 @@ def test_option_keep_too_big_profile():
 
 
 def test_option_input_size_zero():
+    user_error(run("eval", "--nyu", "/nonexistent", "--model", "test_tiny", "--device", "cpu", "--img-size", "0x0"),
+               "--img-size", "'0x0'", "1..16384")
+    # the old spelling (deprecated names) still gives the one line, no notes before it
     user_error(run("eval", "nyu", "--data", "/nonexistent", "--model", "test_tiny", "--device", "cpu", "--input-size", "0x0"),
-               "--input-size", "'0x0'", "> 0")
+               "--img-size", "'0x0'")
 
 
 def test_option_unknown_model_lists_the_known_ones():
@@ -118,7 +121,7 @@ def test_checkpoint_directory(tmp_path):
 def test_dataset_empty_dir(tmp_path):
     empty = tmp_path / "val"
     empty.mkdir()
-    user_error(run("eval", "imagenet", "--data", str(empty), "--model", "test_tiny", "--device", "cpu", "--workers", "0"),
+    user_error(run("eval", "--imagenet", str(empty), "--model", "test_tiny", "--device", "cpu", "--workers", "0"),
                str(empty), "empty", "<wnid>/*.JPEG")
 
 

@@ -21,7 +21,7 @@ from tosa_bench.results.compare import compare_runs
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]
-FAST = ["--model", "test_tiny", "-b", "2", "--warmup", "1", "--repeats", "8", "--time-budget", "0.1", "--no-latency", "--device", "cpu"]
+FAST = ["--model", "test_tiny", "-b", "2", "--warmup", "1", "--repeats", "8", "--time-budget", "0.1", "--no-latency", "--device", "cpu", "--no-figures"]
 
 
 def _ok(res, code=0):

@@ -17,6 +17,7 @@ import pytest
 from tosa_bench.errors import OutputPathError, RunStateError
 from tosa_bench.measure.spec import NonFiniteOutput, Point, Settings
 from tosa_bench.results.store import RunStore, encode_record, read_records
+from tosa_bench.sweep import lock
 from tosa_bench.sweep.grid import GridPoint, expand, parse_shard, select_shard
 from tosa_bench.measure.analytic import analytic_gmacs
 from tosa_bench.sweep.merge import merge_runs
@@ -236,6 +237,7 @@ def test_torn_final_line_is_ignored_and_repaired(tmp_path):
 def test_sigkill_mid_sweep_loses_at_most_the_point_in_flight(tmp_path):
     run = tmp_path / "run"
     plan = plan_new(tiny_suite(), run)
+    lock.release(run)  # hand the run to the process below (it would be refused otherwise)
     script = f"""
 import time, sys
 sys.path.insert(0, {str(Path(__file__).parent)!r})
@@ -363,6 +365,54 @@ def test_merge_refuses_other_grids(tmp_path):
         merge_runs([a.store.path, b.store.path], tmp_path / "m")
 
 
+def test_merge_refuses_a_run_being_written_and_an_out_that_holds_a_run(tmp_path):
+    a = plan_new(tiny_suite(), tmp_path / "a")
+    run_points(a.points, a.store, TINY, measure=Counting())
+    lock.release(a.store.path)
+    holder = subprocess.Popen([sys.executable, "-c", "import time\nfrom tosa_bench.sweep import lock\n"
+                               f"lock.acquire({str(a.store.path)!r}); print('held', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunStateError, match=f"still being written \\(pid {holder.pid} on host "):
+            merge_runs([a.store.path], tmp_path / "m")
+        assert not (tmp_path / "m").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert merge_runs([a.store.path], tmp_path / "m").records == len(a.points)
+    with pytest.raises(OutputPathError, match="already holds a run; give a new or empty directory$"):
+        merge_runs([a.store.path], tmp_path / "m")
+    with pytest.raises(OutputPathError, match="is not empty and not a run directory"):
+        merge_runs([a.store.path], tmp_path)
+
+
 def test_gridpoint_labels_are_json():
     gp = GridPoint(Point("test_tiny", "tosa", {"keep": 0.5}, batch_size=1), (0.5,), "alternate")
     assert json.loads(json.dumps(gp.labels())) == {"grid_keeps": [0.5], "placement_label": "alternate", "match": None}
+
+
+# ----------------------------------------------------------------------------- resume rules
+def test_resume_judges_grid_options_by_the_grid_and_adds_data():
+    from dataclasses import replace
+
+    import torch
+
+    from tosa_bench.errors import OptionError
+    from tosa_bench.sweep.resume import reconcile
+
+    stored = tiny_suite(variants=("dense", "tosa"), keeps=(0.5, 0.7), devices=("auto",))
+    grid = expand(stored)
+    same_grid = replace(stored, keeps=(0.7, 0.5), seed=3, num_workers=2,  # no random points: the seed changes nothing
+                        devices=("auto",) if torch.cuda.is_available() else ("cpu",))
+    assert reconcile(stored, same_grid, "RUN", grid=grid) == replace(stored, num_workers=2)
+    with pytest.raises(OptionError) as err:
+        reconcile(stored, replace(stored, keeps=(0.3,), warmup=9), "RUN", [("--shard", None, "1/2")], grid=grid)
+    assert str(err.value) == ("resume: --keep (stored 0.5,0.7, given 0.3); --warmup (stored 3, given 9); --shard (stored none, "
+                              "given 1/2): these options differ from the run stored in RUN and would change its grid or how "
+                              "it is measured; resume it as stored with: tosa-bench sweep --resume RUN")
+    added = reconcile(stored, replace(stored, imagenet="/data/val", limit=50), "RUN", grid=grid)
+    assert (added.imagenet, added.limit) == ("/data/val", 50)
+    assert reconcile(added, replace(added, imagenet=None, limit=None), "RUN", grid=grid) == added  # not given: kept
+    with pytest.raises(OptionError, match=r"--imagenet \(stored /data/val, given /other\); --limit \(stored 50, given 10\)"):
+        reconcile(added, replace(added, imagenet="/other", limit=10), "RUN", grid=grid)

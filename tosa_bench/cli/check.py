@@ -84,7 +84,7 @@ def check_command(
     suite: Optional[Path] = typer.Option(None, "--suite", help="Suite to run (file or a name in suites/, e.g. ci)."),
     run: Optional[Path] = typer.Option(None, "--run", help="Compare this finished run instead of running the suite."),
     update_baseline: bool = typer.Option(False, "--update-baseline", help="Write the run as the new baseline (with its environment) and exit 0."),
-    out_dir: Optional[Path] = typer.Option(None, "--out", help="Run directory for the suite (default runs/check-<suite>-<UTC time>)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory for the suite (default runs/check-<suite>-<UTC time>)."),
     markdown: Optional[Path] = typer.Option(None, "--markdown", help="Also write the Markdown report here (e.g. $GITHUB_STEP_SUMMARY)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the JSON report here."),
 ) -> None:
@@ -142,6 +142,6 @@ def _run_dir(suite: Optional[Path], run: Optional[Path], out_dir: Optional[Path]
         stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
         out_dir = Path("runs") / f"check-{resolved.name}-{stamp}"
     plan = plan_new(resolved, out_dir)
-    run_plan(plan)
+    run_plan(plan, figures=False)  # the gate judges numbers; `tosa-bench plot RUN` draws its figures
     return plan.store.path, dict(resolved.tolerance), resolved.name
 

@@ -9,6 +9,9 @@ Every command is wrapped in :func:`guarded`, the CLI's error contract:
 * bad input (:class:`tosa_bench.errors.UserInputError` and its subclasses: unknown model,
   bad keep, checkpoint that does not fit, unreadable dataset, malformed suite, output path
   that cannot be written) -> ``error: <first line>`` on stderr, exit code 2;
+* a usage error found while the command line is parsed (``--keep abc``, an unknown
+  option, a missing argument) -> the same one ``error:`` line and exit code 2, naming
+  the option, the value and what is allowed (:class:`OneLineErrors`);
 * Ctrl-C -> ``interrupted``, exit code 130;
 * anything else is a bug in tosa-bench -> the traceback is written to a file (see
   :func:`traceback_dir`), one line on stderr names it, exit code 1.
@@ -34,10 +37,91 @@ from typing import Callable, Iterator, Optional, TextIO
 import typer
 from rich.console import Console
 from rich.text import Text
+from typer.core import TyperGroup
 
 from tosa_bench.errors import OptionError, OutputPathError, UserInputError, first_line
 
+#: Typer's own usage-error class (it ships a vendored click; found through a public class)
+_UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+#: what a value of an option must be, added to Typer's own complaint about it
+ALLOWED = {
+    "keep": "a keep ratio in (0, 1]",
+    "batch_size": "an integer >= 1",
+    "eval_batch_size": "an integer >= 1",
+    "limit": "an integer >= 1",
+    "workers": "an integer >= 0",
+    "tome_r": "an integer >= 0",
+    "seed": "an integer",
+    "warmup": "an integer >= 0",
+    "repeats": "an integer >= 1",
+    "time_budget": "a number of seconds > 0",
+    "tolerance": "a relative tolerance in (0, 10)",
+    "crop_pct": "a ratio in (0, 1]",
+    "n": "an integer >= 1",
+    "size": "an integer >= 16",
+}
+
+
+class OneLineErrors(TyperGroup):
+    """The root command: a usage error found while parsing (a value that is not a number,
+    a missing or unknown option) is one ``error:`` line and exit 2, like every other bad
+    input, instead of a framed help box."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode: bool = True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        argv = list(sys.argv[1:] if args is None else args)
+        try:
+            code = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
+        except _UsageError as e:
+            if type(e).__name__ == "NoArgsIsHelpError":
+                sys.exit(2)  # the help is already printed
+            say(usage_line(e, argv), prefix="error:", style="bold red")
+            sys.exit(2)
+        except typer.Abort:
+            err.print("aborted", highlight=False)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def usage_line(e: Exception, argv: list[str]) -> str:
+    """One line for a usage error: the option, the value given, what was wrong and what
+    is allowed, and where the full list of options is."""
+    param = getattr(e, "param", None)
+    ctx = getattr(e, "ctx", None)
+    where = f" (see: {ctx.command_path} --help)" if ctx is not None else " (see: tosa-bench --help)"
+    if param is None or type(e).__name__ != "BadParameter":
+        return _one_line(e.format_message()) + where  # type: ignore[attr-defined]
+    opt = max(param.opts, key=len) if param.opts else param.name
+    given = _given(param.opts, argv)
+    message = _one_line(getattr(e, "message", "") or e.format_message())  # type: ignore[attr-defined]
+    allowed = ALLOWED.get(param.name or "")
+    return (f"{opt}{' ' + repr(given) if given is not None else ''}: {message}"
+            + (f"; expected {allowed}" if allowed else "") + where)
+
+
+def _one_line(text: str) -> str:
+    """``text`` with its line breaks and runs of spaces folded into single spaces (and
+    without the "Value error, " that Typer's validation puts before a message)."""
+    return " ".join(str(text).replace("Value error, ", "").split())
+
+
+def _given(opts: list[str], argv: list[str]) -> Optional[str]:
+    """The value typed after one of ``opts`` in ``argv`` (for a repeated option, the last
+    one; None when it cannot be found)."""
+    found = None
+    for i, a in enumerate(argv):
+        for o in opts:
+            if a == o and i + 1 < len(argv):
+                found = argv[i + 1]
+            elif a.startswith(o + "="):
+                found = a[len(o) + 1:]
+    return found
+
+
 app = typer.Typer(
+    cls=OneLineErrors,
     help="Benchmark and profile token reduction (ToSA, ToMe, EViT) in Vision Transformers.",
     no_args_is_help=True,
     add_completion=False,
@@ -51,6 +135,43 @@ err = Console(stderr=True)
 #: --variant takes any method of the registry (checked when the command runs, so methods
 #: registered after import count; naming them here would import torch for --help)
 VARIANT_HELP = "Token-reduction method: a variant listed by `tosa-bench models`."
+# One vocabulary for every command (README "Options"): the same name and help text for
+# the same thing wherever it appears.
+PLACEMENT_HELP = "ToSA/random selector blocks: alternate, alternate-even, second-half, all, last:K, or indices like 3,5,7."
+SEED_HELP = "Seed of the random control's token draws."
+IMPORTANCE_HELP = "ToSA importance rule: mean (attention received, over heads and queries; default) or cls (the CLS row only)."
+FUSE_HELP = "EViT: fuse the dropped tokens into one (--no-fuse drops them)."
+CHECKPOINT_HELP = "Backbone weights (timm/DeiT .pth or .safetensors), read tensors-only."
+SELECTOR_HELP = "Trained ToSA selector weights."
+DEPTH_CHECKPOINT_HELP = "Depth model weights (backbone.* + head.*, as saved by tosa_bench.tasks.save_depth_checkpoint)."
+WORKERS_HELP = "DataLoader worker processes (default: CPU cores - 1, at most 8)."
+
+
+def deprecated_alias(value, old_value, new: str, old: str):
+    """The value of option ``new``, taking the deprecated ``old`` name's value (with a
+    note saying so) when only that was given; both given is an OptionError."""
+    if old_value is None:
+        return value
+    if value is not None:
+        raise OptionError(f"{old} is the old name of {new}; give only {new}")
+    note_later(f"{old} is deprecated; use {new}")
+    return old_value
+
+
+#: notes held until the command ends (printed unless it ends in a bad-input error, whose
+#: one line must stay the only one)
+_NOTES: list[str] = []
+
+
+def note_later(message: str) -> None:
+    """Queue a ``note:`` line (e.g. a deprecated option name) for the end of the command."""
+    _NOTES.append(message)
+
+
+def _flush_notes(show: bool) -> None:
+    notes, _NOTES[:] = list(_NOTES), []
+    for message in notes if show else ():
+        say(message, prefix="note:")
 
 
 def point_options(variant: str, keep: Optional[float], cfg, *, placement: Optional[str] = None, tome_r: Optional[int] = None,
@@ -58,11 +179,10 @@ def point_options(variant: str, keep: Optional[float], cfg, *, placement: Option
     """Build options of one point from a command's method flags: the variant's registry
     entry says what ``keep`` and each flag mean for it (flags it has no use for are
     ignored)."""
-    from tosa_bench.methods.base import validate_keep
     from tosa_bench.methods.registry import Knobs, get
 
     if keep is not None:
-        validate_keep(keep)  # whatever the variant makes of it, a keep is a share in (0, 1]
+        parse_keep(keep, "--keep")  # whatever the variant makes of it, a keep is a share in (0, 1]
     locations = parse_int_list(evit_loc, "--evit-loc")
     knobs = Knobs(placements=(placement,) if placement is not None else (), importance=importance, seed=seed,
                   tome_r=(tome_r,) if tome_r is not None else (), evit_locations=(tuple(locations),) if locations else (), fuse=fuse)
@@ -137,9 +257,13 @@ def guarded(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         debug = bool(kwargs.pop("debug", False)) or _DEBUG["on"]
+        _NOTES.clear()
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
+            _flush_notes(True)
+            return result
         except UserInputError as e:
+            _flush_notes(False)
             if debug:
                 traceback.print_exc(file=sys.stderr)
             say(first_line(e), prefix="error:", style="bold red")
@@ -148,8 +272,10 @@ def guarded(fn: Callable) -> Callable:
             err.print("interrupted", highlight=False)
             raise typer.Exit(130) from None
         except (typer.Exit, typer.Abort, typer.TyperException):
+            _flush_notes(True)
             raise  # typer.Exit from the command body, Typer's usage errors (BadParameter): theirs
         except Exception as e:
+            _flush_notes(True)
             _report_bug(e, debug)
             raise typer.Exit(1) from None
 
@@ -159,14 +285,91 @@ def guarded(fn: Callable) -> Callable:
 
 def check_output_file(path: Path, option: str) -> None:
     """OutputPathError (naming ``option``) unless ``path`` can be a file: not a directory,
-    and its nearest existing ancestor a directory. Cheap; call it before any work."""
+    an existing file writable, and its nearest existing ancestor a directory we may write
+    in. Cheap and without side effects; call it before any work, so that a result is
+    never measured only to be lost."""
     if path.is_dir():
         raise OutputPathError(f"{option} {path}: is a directory, expected a file path")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise OutputPathError(f"{option} {path}: the file is read-only; choose another path")
     for parent in (path.parent, *path.parent.parents):
         if parent.exists():
             if not parent.is_dir():
                 raise OutputPathError(f"{option} {path}: {parent} is a file, not a directory; expected a path inside a directory")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise OutputPathError(f"{option} {path}: cannot write in {parent} (read-only); choose another path")
             break
+
+
+def check_output_dir(path: Path, option: str) -> None:
+    """OutputPathError (naming ``option``) unless ``path`` can be a directory we write
+    files into: an existing directory writable, or a new one whose nearest existing
+    ancestor is a writable directory. Cheap, no side effects; call it before any work."""
+    if path.exists() and not path.is_dir():
+        raise OutputPathError(f"{option} {path}: is a file, expected a directory")
+    for target in (path, *path.parents):
+        if target.exists():
+            if not target.is_dir():
+                raise OutputPathError(f"{option} {path}: {target} is a file, not a directory; expected a path inside a directory")
+            if not os.access(target, os.W_OK | os.X_OK):
+                raise OutputPathError(f"{option} {path}: cannot write in {target} (read-only); choose another path")
+            return
+
+
+def parse_keep(text: str | float, option: str = "--keep") -> float:
+    """A keep ratio typed as text ('0.5') -> float in (0, 1]; OptionError naming the option
+    and the allowed range otherwise (NaN, 0, negatives, > 1, not a number)."""
+    from tosa_bench.methods.base import validate_keep
+
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise OptionError(f"{option}: keep must be a number in (0, 1], got {text!r}") from None
+    try:
+        return validate_keep(value)
+    except OptionError:
+        raise OptionError(f"{option}: keep must be in (0, 1], got {text!r}") from None
+
+
+#: the largest image side any command accepts, in pixels (far above any ViT in use;
+#: whether a size fits memory is checked separately, with an estimate)
+MAX_SIDE = 16384
+
+
+def parse_size(text: str, option: str = "--img-size", *, square: bool = False) -> tuple[int, int]:
+    """An image size typed as 'N' (square) or 'HxW' -> (height, width) in pixels, each in
+    1..MAX_SIDE; with ``square`` a non-square size is refused. OptionError otherwise."""
+    shape = "N" if square else "N or HxW"
+    parts = str(text).strip().lower().split("x")
+    try:
+        if len(parts) not in (1, 2):
+            raise ValueError
+        h, w = (int(parts[0]), int(parts[-1]))
+    except ValueError:
+        raise OptionError(f"{option}: expected an image size in pixels as {shape} (e.g. 224{'' if square else ' or 480x640'}), got {text!r}") from None
+    if not (0 < h <= MAX_SIDE and 0 < w <= MAX_SIDE):
+        raise OptionError(f"{option}: height and width must be in 1..{MAX_SIDE} pixels (e.g. 224{'' if square else ' or 480x640'}), got {text!r}")
+    if square and h != w:
+        raise OptionError(f"{option}: this command needs a square size N (e.g. 224), got {text!r}")
+    return h, w
+
+
+def default_workers() -> int:
+    """DataLoader workers when none are given: one per CPU core beyond the first, at most
+    8 (0 = load in the main process on a single core). Never more than there are cores,
+    so PyTorch has nothing to warn about."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(8, cores - 1))
+
+
+#: the one default batch size rule of every command: 8 images on a CPU, 64 on CUDA
+DEFAULT_BATCH = {"cpu": 8, "cuda": 64}
+BATCH_HELP = "Images per batch (default: 8 on a CPU, 64 on CUDA)."
+
+
+def default_batch_size(device: str) -> int:
+    """The default batch of every command for a resolved ``device`` (``cpu``, ``cuda:1``...)."""
+    return DEFAULT_BATCH["cuda" if device.startswith("cuda") else "cpu"]
 
 
 @contextlib.contextmanager
@@ -180,6 +383,21 @@ def output_file(path: Path, option: str) -> Iterator[TextIO]:
             yield fh
     except OSError as e:
         raise OutputPathError(f"{option} {path}: cannot write ({e.strerror or e})") from None
+
+
+def json_safe(obj):
+    """``obj`` with every NaN or infinite float replaced by None (recursively), so the
+    JSON a command prints is valid JSON: a bare ``NaN`` is not, and breaks the readers
+    (jq, JavaScript, strict parsers) that the ``--json`` output exists for."""
+    import math
+
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
 
 
 def parse_int_list(text: Optional[str], name: str) -> Optional[list[int]]:

@@ -8,7 +8,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from tosa_bench.cli.common import DType, VARIANT_HELP, app, check_output_file, guarded, out, output_file, point_options
+from tosa_bench.cli.common import (BATCH_HELP, CHECKPOINT_HELP, FUSE_HELP, IMPORTANCE_HELP, PLACEMENT_HELP, SEED_HELP, SELECTOR_HELP,
+                                   VARIANT_HELP, DType, app, check_output_file, default_batch_size, deprecated_alias, guarded, json_safe,
+                                   out, output_file, parse_size, point_options)
 from tosa_bench.errors import OptionError
 
 
@@ -18,23 +20,26 @@ def profile_command(
     model: Annotated[str, typer.Option(help="Model config, e.g. deit_small_patch16_224 (see `tosa-bench models`).")] = "deit_small_patch16_224",
     variant: Annotated[str, typer.Option(help=VARIANT_HELP)] = "tosa",
     keep: Annotated[Optional[float], typer.Option(help="Keep ratio in (0, 1]; what it means per variant: `tosa-bench models` (tome: r = round((1-keep)(N-1)/L)).")] = None,
-    placement: Annotated[Optional[str], typer.Option(help="ToSA/random selector blocks: alternate, alternate-even, second-half, all, last:K, or indices like 3,5,7.")] = None,
+    placement: Annotated[Optional[str], typer.Option(help=PLACEMENT_HELP)] = None,
     tome_r: Annotated[Optional[int], typer.Option("--tome-r", help="ToMe tokens merged per block (overrides the keep mapping).")] = None,
     evit_loc: Annotated[Optional[str], typer.Option("--evit-loc", help="EViT pruning blocks, 0-based, e.g. 3,6,9.")] = None,
-    fuse: Annotated[bool, typer.Option("--fuse/--no-fuse", help="EViT: fuse dropped tokens into one.")] = True,
-    seed: Annotated[int, typer.Option(help="Random control: seed of the token draws.")] = 0,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per timed batch.")] = 32,
+    fuse: Annotated[bool, typer.Option("--fuse/--no-fuse", help=FUSE_HELP)] = True,
+    seed: Annotated[int, typer.Option(help=SEED_HELP)] = 0,
+    importance: Annotated[Optional[str], typer.Option(help=IMPORTANCE_HELP)] = None,
+    img_size: Annotated[Optional[str], typer.Option("--img-size", help="Input side in pixels, N (default: the model's).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1, help=BATCH_HELP)] = None,
     dtype: Annotated[DType, typer.Option(help="fp32, or fp16/bf16 autocast (fp16 needs CUDA).")] = DType.fp32,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
-    checkpoint: Annotated[Optional[Path], typer.Option(help="timm/DeiT weights (.pth or .safetensors), loaded tensors-only.")] = None,
-    selector: Annotated[Optional[Path], typer.Option(help="Trained ToSA selector weights.")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(help=CHECKPOINT_HELP)] = None,
+    selector: Annotated[Optional[Path], typer.Option(help=SELECTOR_HELP)] = None,
     no_timing: Annotated[bool, typer.Option("--no-timing", help="Count compute and parameters only.")] = False,
     time_budget: Annotated[Optional[float], typer.Option("--time-budget", help="Seconds for the throughput phase, half that for latency (default: 12 on CPU, unlimited on GPU).")] = None,
     warmup: Annotated[int, typer.Option(min=0, help="Warm-up steps (not timed).")] = 10,
     repeats: Annotated[int, typer.Option(min=1, help="Timed steps (median and spread reported).")] = 40,
     compile: Annotated[bool, typer.Option("--compile", help="Time a torch.compile'd model.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
-    save: Annotated[Optional[Path], typer.Option("--save", help="Also write the JSON record (with the environment record) to this file.")] = None,
+    out_file: Annotated[Optional[Path], typer.Option("--out", "-o", help="Also write the JSON record (with the environment record) to this file.")] = None,
+    save: Annotated[Optional[Path], typer.Option("--save", hidden=True, help="Deprecated name of --out.")] = None,
 ) -> None:
     """Profile one model/variant: GMACs/GFLOPs per block and in total, parameters,
     throughput, batch-1 latency and peak memory, with the method behind each number."""
@@ -42,20 +47,25 @@ def profile_command(
 
     from tosa_bench.measure.block_time import block_time_shares
     from tosa_bench.measure.env import environment_record
+    from tosa_bench.measure.fit import check_fits
     from tosa_bench.measure.point import measure_point
     from tosa_bench.measure.spec import Point, Settings, build_point_model, resolve_device
     from tosa_bench.models.configs import get_config
     from tosa_bench.precision import resolve_autocast
 
-    if save is not None:
-        check_output_file(save, "--save")  # before any work
+    target = deprecated_alias(out_file, save, "--out", "--save")
+    if target is not None:
+        check_output_file(target, "--out")  # before any work: a measurement is never lost
     if time_budget is not None and not 0 < time_budget < float("inf"):
         raise OptionError(f"--time-budget: expected a number of seconds > 0, got {time_budget}")
+    side = parse_size(img_size, "--img-size", square=True)[0] if img_size is not None else None
     resolved = resolve_device(device)
     resolve_autocast(dtype.value, resolved)  # fp16 on CPU etc. fails here, before any work
-    cfg = get_config(model)
-    options = point_options(variant, keep, cfg, placement=placement, tome_r=tome_r, evit_loc=evit_loc, fuse=fuse, seed=seed)
-    point = Point(model, variant, options, batch_size, dtype.value, resolved, None, str(checkpoint) if checkpoint else None, str(selector) if selector else None, compile)
+    cfg = get_config(model, side)
+    batch = batch_size or default_batch_size(resolved)
+    check_fits(model, cfg.img_size, cfg.img_size, batch, dtype.value, resolved)
+    options = point_options(variant, keep, cfg, placement=placement, tome_r=tome_r, evit_loc=evit_loc, fuse=fuse, seed=seed, importance=importance)
+    point = Point(model, variant, options, batch, dtype.value, resolved, side, str(checkpoint) if checkpoint else None, str(selector) if selector else None, compile)
     net = build_point_model(point)  # bad model/options/weights fail here, before any measurement
     budget = time_budget if time_budget is not None else (12.0 if resolved == "cpu" else None)
     settings = Settings(timing=not no_timing, warmup=warmup, repeats=repeats, time_budget_s=budget, pair_budget_s=budget)
@@ -67,16 +77,16 @@ def profile_command(
         record = measure_point(point, settings, stage=lambda s: bar.update(task, description=f"{model} / {variant}: {s}"), model=net)
         if not no_timing:
             bar.update(task, description=f"{model} / {variant}: per-block time")
-            x = torch.randn(batch_size, 3, cfg.img_size, cfg.img_size, device=resolved)
+            x = torch.randn(batch, 3, cfg.img_size, cfg.img_size, device=resolved)
             shares = block_time_shares(net, x, passes=1 if resolved == "cpu" else 5, dtype=dtype.value)
             record["time_share_per_block"] = shares["per_block"]
     record["config_hash"] = point.config_hash()
     env = environment_record(device=resolved)
-    if save is not None:
-        with output_file(save, "--save") as fh:
-            fh.write(json.dumps({**record, "env": env}, indent=2) + "\n")
+    if target is not None:
+        with output_file(target, "--out") as fh:
+            fh.write(json.dumps(json_safe({**record, "env": env}), indent=2, default=str) + "\n")
     if as_json:
-        print(json.dumps({**record, "env": env}))
+        print(json.dumps(json_safe({**record, "env": env}), default=str))
         return
     _print_tables(record, env)
 

@@ -179,7 +179,8 @@ class ImageNetVal(ImageFolder):
     :class:`Unreadable` sentinel for a file that cannot be decoded.
 
     Attributes beyond ImageFolder's: ``unreadable`` (paths recorded so far),
-    ``unreadable_reasons`` (path -> error text), ``num_unreadable``.
+    ``unreadable_reasons`` (path -> error text), ``num_unreadable``, ``empty_classes``
+    (names of class folders holding no image).
     """
 
     def __init__(
@@ -198,8 +199,13 @@ class ImageNetVal(ImageFolder):
         if expected_classes is not None and len(self.classes) != expected_classes:
             raise DatasetError(
                 f"{resolved} has {len(self.classes)} class folders but the model expects "
-                f"{expected_classes} classes"
+                f"{expected_classes} classes; use a model with {len(self.classes)} classes"
+                + (" (the generated shapes set: --model test_tiny)" if len(self.classes) == 10 else "")
             )
+        filled = {label for _, label in self.samples}
+        #: class folders without a single image: their class can never be scored, which
+        #: a reader of top-1 must know (counted and reported, not silently passed over)
+        self.empty_classes = [name for i, name in enumerate(self.classes) if i not in filled]
         if limit is not None:
             self.samples = balanced_subset(self.samples, limit)
             self.imgs = self.samples

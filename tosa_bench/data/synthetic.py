@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -389,12 +391,17 @@ def make_rooms(
 # --------------------------------------------------------------------------- dispatch
 
 
+#: written into every generated set: the mark that ``--overwrite`` may replace the folder
+MARKER = ".tosa-bench-data"
+
+
 def make_dataset(
     kind: str,
     out_dir: str | os.PathLike[str],
     n: int | None = None,
     size: int | None = None,
     seed: int = 0,
+    overwrite: bool = False,
 ) -> Path:
     """Generate a synthetic set for the CLI (``tosa-bench data make shapes|rooms``).
 
@@ -402,15 +409,70 @@ def make_dataset(
     ``rooms``: ``size`` is the image HEIGHT (default 480); width = 4/3 x height rounded to
     a multiple of 16 (480 -> 640, 96 -> 128); ``n`` default 16. Returns the folder to pass
     to the matching loader.
+
+    Never a mix of old and new files: the set is written into a fresh folder beside
+    ``out_dir`` and renamed into place when complete. An existing non-empty ``out_dir``
+    is refused (OutputPathError) unless ``overwrite``, and even then only when it is a
+    set this function made (it holds :data:`MARKER`), so a mistyped path never deletes
+    someone's folder.
     """
     if kind not in ("shapes", "rooms"):
         raise DatasetError(f"unknown synthetic dataset {kind!r}; choose 'shapes' or 'rooms'")
+    target = Path(out_dir)
+    replace = _check_target(target, overwrite)
     try:
-        if kind == "shapes":
-            return make_shapes(out_dir, n=200 if n is None else n, size=224 if size is None else size, seed=seed)
-        h = 480 if size is None else size
-        w = max(16, int(round(h * 4 / 3 / 16)) * 16)
-        return make_rooms(out_dir, n=16 if n is None else n, height=h, width=w, seed=seed)
-    except OSError as err:  # the folder cannot be created or written (a file in the way, permissions, disk full)
-        where = f" ({err.filename})" if err.filename and str(err.filename) != str(out_dir) else ""
-        raise OutputPathError(f"{out_dir}: cannot write the {kind} dataset there: {err.strerror or err}{where}") from None
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    except OSError as err:
+        raise OutputPathError(f"--out {target}: cannot create the folder ({err.strerror or err})") from None
+    try:
+        made = _generate(kind, tmp, n, size, seed)
+        (tmp / MARKER).write_text(f"{kind}\n")
+        if replace:
+            old = tmp.with_name(f".{target.name}.old-{os.getpid()}")
+            target.rename(old)
+            tmp.rename(target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(target)
+    except OSError as err:  # a full disk, permissions, a folder that appeared meanwhile
+        where = f" ({err.filename})" if err.filename else ""
+        raise OutputPathError(f"--out {target}: cannot write the {kind} dataset there: {err.strerror or err}{where}") from None
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target / made.relative_to(tmp)
+
+
+def _check_target(target: Path, overwrite: bool) -> bool:
+    """Whether ``target`` exists and will be replaced; OutputPathError when it may not be
+    written at all (a file, a file on the way, not empty without ``overwrite``, not ours)."""
+    for parent in target.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputPathError(f"--out {target}: {parent} is a file, not a directory")
+            break
+    if not target.exists():
+        return False
+    if not target.is_dir():
+        raise OutputPathError(f"--out {target}: is a file; give a folder path")
+    try:
+        entries = list(target.iterdir())
+    except OSError as err:
+        raise OutputPathError(f"--out {target}: cannot be read ({err.strerror or err})") from None
+    if not entries:
+        target.rmdir()  # an empty folder: nothing to lose, and the rename needs the name free
+        return False
+    if not overwrite:
+        raise OutputPathError(f"--out {target}: not empty ({len(entries)} entries); give a new folder, or --overwrite to replace a set made by tosa-bench data make")
+    if not (target / MARKER).exists():
+        raise OutputPathError(f"--out {target}: not a set made by tosa-bench data make (no {MARKER} in it); --overwrite only replaces those, remove it yourself")
+    return True
+
+
+def _generate(kind: str, out: Path, n: int | None, size: int | None, seed: int) -> Path:
+    if kind == "shapes":
+        return make_shapes(out, n=200 if n is None else n, size=224 if size is None else size, seed=seed)
+    h = 480 if size is None else size
+    w = max(16, int(round(h * 4 / 3 / 16)) * 16)
+    return make_rooms(out, n=16 if n is None else n, height=h, width=w, seed=seed)

@@ -1,6 +1,6 @@
 """The results store: one directory per run.
 
-Layout of ``results/<run-id>/`` (or ``--out DIR``)::
+Layout of ``runs/<run-id>/`` (or ``--out DIR``)::
 
     records.jsonl   one JSON object per measured point, in the order measured; each
                     line is appended, flushed and fsync'd as soon as its point finishes
@@ -9,6 +9,8 @@ Layout of ``results/<run-id>/`` (or ``--out DIR``)::
     suite.toml      the resolved suite: settings, the whole grid as [[points]], [run]
     table.md, table.csv     the comparison tables (rewritten at the end of a session;
                     ``tosa-bench report`` rebuilds them from records.jsonl alone)
+    .lock           held (flock) by the process writing the run, with its pid, host and
+                    start as JSON (:mod:`tosa_bench.sweep.lock`); empty when none is
 
 Crash safety: a record is written with a single ``write`` of one line, then flushed and
 fsync'd, so a run killed at any moment (Ctrl-C, SIGKILL, power loss) loses at most the
@@ -17,8 +19,11 @@ valid JSON): readers skip it, and :meth:`RunStore.open_for_append` cuts it off b
 resumed run appends, so it can never glue onto a new record. Other files are replaced
 atomically (write to a temporary file, fsync, rename).
 
-When several records share a config hash (a point re-run by ``--resume`` after an
-``error``/``oom``), the last one is the point's result (:func:`latest_by_hash`).
+When several records share a config hash, the last one in the file is the point's
+result (:func:`latest_by_hash`; every reader goes through it, :func:`tosa_bench.results.load_run`):
+a point re-run by ``--resume`` after an ``error``/``oom``, and an ok point whose accuracy
+a resume added (``--imagenet``/``--nyu`` on a run without them: a copy of its record with
+the accuracy filled in is appended; the first record stays, nothing is rewritten in place).
 """
 
 from __future__ import annotations

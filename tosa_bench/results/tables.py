@@ -76,6 +76,39 @@ COLUMNS: dict[str, tuple[str, bool | None, str]] = {
 }
 
 
+# ------------------------------------------------------------------------- record check
+#: record fields the tables read, and the JSON types each may have (None always allowed)
+NUMBER_FIELDS = ("params", "gmacs", "gflops", "gmacs_analytic", "throughput_img_s", "throughput_img_s_low",
+                 "throughput_img_s_high", "speedup_paired", "speedup_paired_ci_low", "speedup_paired_ci_high",
+                 "latency_ms_p50", "peak_mem_mb", "top1", "top5", "delta1", "absrel", "rmse", "timed_steps",
+                 "n_images", "n_unreadable", "n_empty_classes", "batch_size", "img_size")
+TEXT_FIELDS = ("model", "variant", "dtype", "device", "status", "config_hash", "error", "weights", "accuracy_reason")
+TABLE_FIELDS = ("options", "resolved_options", "settings")
+
+
+def check_records(records: Sequence[dict[str, Any]], where: str) -> None:
+    """RunStateError naming the record, field, value and expected type for the first
+    field of a wrong type (a hand-edited or foreign records.jsonl), instead of a crash
+    deep in pandas."""
+    for n, r in enumerate(records, 1):
+        if not isinstance(r, dict):
+            raise RunStateError(f"{where}: record {n} is a {type(r).__name__}, expected a JSON object")
+        which = f"record {n} ({r.get('config_hash')})" if isinstance(r.get("config_hash"), str) else f"record {n}"
+        for name, ok, what in ((NUMBER_FIELDS, lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
+                               (TEXT_FIELDS, lambda v: isinstance(v, str), "a string"),
+                               (TABLE_FIELDS, lambda v: isinstance(v, dict), "a table (JSON object)")):
+            for key in name:
+                v = r.get(key)
+                if v is not None and not ok(v):
+                    raise RunStateError(f"{where}: {which}: field {key!r} is {v!r}, expected {what} or null; fix or delete that line")
+        keeps = r.get("grid_keeps")
+        if keeps is not None and not (isinstance(keeps, list) and all(isinstance(k, (int, float)) and not isinstance(k, bool) for k in keeps)):
+            raise RunStateError(f"{where}: {which}: field 'grid_keeps' is {keeps!r}, expected a list of numbers or null; fix or delete that line")
+        noisy = r.get("speedup_paired_noisy")
+        if noisy is not None and not isinstance(noisy, bool):
+            raise RunStateError(f"{where}: {which}: field 'speedup_paired_noisy' is {noisy!r}, expected true, false or null")
+
+
 # ------------------------------------------------------------------------- frame
 def _method(variant: Any) -> Method | None:
     """The registered method of ``variant``; None for one this process does not know (an
@@ -132,6 +165,7 @@ def frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
                 "top1": r.get("top1"), "top5": r.get("top5"), "n_images": r.get("n_images"),
                 "delta1": r.get("delta1"), "absrel": r.get("absrel"), "rmse": r.get("rmse"),
                 "weights": r.get("weights"), "accuracy_reason": r.get("accuracy_reason"),
+                "n_unreadable": r.get("n_unreadable"), "n_empty_classes": r.get("n_empty_classes"),
                 "status": r.get("status"), "error": r.get("error"), "config_hash": r.get("config_hash"),
                 "_order": order,
             })
@@ -213,9 +247,25 @@ def _cell(row: pd.Series, col: str) -> str:
         return ""
     if col in ("top1", "delta1") and pd.isna(row[col]):
         return "n/m"
+    if col in ACCURACY_COLUMNS and row.get("weights") == "random" and not pd.isna(row[col]):
+        return "rand"  # random weights: a number, but not a result (caption says so)
+    if col == "top1" and (_count(row.get("n_unreadable")) or _count(row.get("n_empty_classes"))):
+        return _fmt(row[col], COLUMNS[col][2]) + "*"  # images skipped or classes empty: caption counts them
     if col == "speedup":
         return _speedup_cell(row)
     return _fmt(row[col], COLUMNS[col][2])
+
+
+#: accuracy columns: shown as "rand" for a point measured with random weights
+ACCURACY_COLUMNS = ("top1", "top5", "delta1", "absrel", "rmse")
+
+
+def _count(v: Any) -> int:
+    """An optional count from a record (None, NaN or missing -> 0)."""
+    try:
+        return 0 if v is None or pd.isna(v) else int(v)
+    except (TypeError, ValueError):
+        return 0
 
 
 def _speedup_cell(row: pd.Series) -> str:
@@ -249,6 +299,15 @@ def caption(df: pd.DataFrame, env: dict[str, Any] | None) -> list[str]:
     reasons = [r for r in dict.fromkeys(df["accuracy_reason"].dropna()) if r]
     if reasons:
         lines.append("Accuracy n/m = not measured or flagged: " + " | ".join(reasons) + ".")
+    if (df["weights"] == "random").any() and df[list(ACCURACY_COLUMNS)].notna().any().any():
+        lines.append("Accuracy rand = measured with random weights (no --checkpoint): not a result; the number is in the CSV.")
+    unreadable = sum(_count(v) for v in df.drop_duplicates("config_hash")["n_unreadable"])
+    empty = max([_count(v) for v in df["n_empty_classes"]] or [0])
+    if unreadable or empty:
+        lines.append("* top-1 over the readable images only: "
+                     + "; ".join(t for t in (f"{unreadable} unreadable image(s) skipped" if unreadable else "",
+                                             f"{empty} class folder(s) without images" if empty else "") if t)
+                     + " (n_unreadable, n_empty_classes in records.jsonl).")
     bad = df[df["status"] != "ok"]
     for _, r in bad.drop_duplicates("config_hash").iterrows():
         lines.append(f"{r['method']} {r['setting']}: {r['status']} ({r['error']})")
@@ -404,10 +463,144 @@ def _best(df: pd.DataFrame, metrics: Sequence[str]) -> set[tuple[Any, str]]:
     return out
 
 
+# ------------------------------------------------------------------------- fitted terminal table
+#: short headers, used when the full ones make the table wider than the terminal
+SHORT = {"img_size": "img", "batch_size": "batch", "params_m": "M params", "gmacs_ratio": "GMACs/d",
+         "throughput": "im/s", "speedup": "speed-up", "latency_ms": "lat ms", "peak_mem_mib": "mem MiB",
+         "top1": "top-1 %", "top5": "top-5 %", "rmse": "RMSE m"}
+#: columns that say which point a row is: repeated on every page of a split table
+KEY_COLUMNS = ("model", "img_size", "batch_size", "dtype", "device", "keep", "method", "setting")
+SETTING_MIN = 12  # the setting column (text) wraps down to this width
+
+
+def _table_width(widths: Sequence[int]) -> int:
+    """Characters a rich Table with these column widths takes: one space of padding on
+    each side of every cell and one rule between (and around) the columns."""
+    return sum(widths) + 3 * len(widths) + 1
+
+
+class FittedTable:
+    """The sweep table laid out for the width it is printed at (a rich renderable: the
+    console tells it its width). Never cuts a number; in order of preference:
+
+    1. every column with full headers, else with short headers (``SHORT``);
+    2. the metric columns split over several tables, each repeating the columns that
+       say which point a row is (method, setting, keep...), so every number is shown;
+    3. one block per point (``method setting`` then ``metric value`` pairs), for widths
+       where not even one metric fits beside the point's name.
+
+    Metric columns with no value in any row (empty or n/m) are left out, and named
+    under the table; the caption follows, wrapped at the width.
+    """
+
+    def __init__(self, df: pd.DataFrame, env: dict[str, Any] | None, title: str) -> None:
+        self.df, self.env, self.title = df, env, title
+
+    def __rich_console__(self, console, options):
+        from rich.text import Text
+
+        width = max(20, options.max_width)
+        cols = display_columns(self.df)
+        cells = {c: [_cell(row, c) for _, row in self.df.iterrows()] for c in cols}
+        empty = [c for c in cols if COLUMNS[c][1] is not None and all(x in ("", "n/m") for x in cells[c])]
+        cols = [c for c in cols if c not in empty]
+        keys = [c for c in cols if c in KEY_COLUMNS]
+        metrics = [c for c in cols if c not in KEY_COLUMNS]
+        notes = [f"Not measured in any row: {', '.join(COLUMNS[c][0] for c in empty)}."] if empty else []
+        full = {c: COLUMNS[c][0] for c in cols}
+        headers = {c: SHORT.get(c, COLUMNS[c][0]) for c in cols}
+        pages = _pages(keys, metrics, cells, full, width)
+        if pages is not None and len(pages) == 1:
+            headers = full  # everything fits as it is
+        else:
+            pages = _pages(keys, metrics, cells, headers, width)
+        if pages is None:
+            yield Text(self.title, style="bold")
+            yield from _stacked(self.df, keys, metrics, cells, width)
+        else:
+            for n, page in enumerate(pages):
+                title = self.title + (f" ({n + 1}/{len(pages)})" if len(pages) > 1 else "")
+                yield self._table(page, cells, headers, title)
+        for line in notes + caption(self.df, self.env):
+            yield Text(line)
+
+    def _table(self, cols: list[str], cells: dict[str, list[str]], headers: dict[str, str], title: str):
+        from rich.table import Table
+
+        t = Table(title=title)
+        for c in cols:
+            numeric = COLUMNS[c][1] is not None or COLUMNS[c][2] in ("int", "keep")
+            wide = max([len(headers[c])] + [len(x) for x in cells[c]])
+            if c == "setting":
+                t.add_column(headers[c], overflow="fold", min_width=_natural(c, cells, headers))  # wraps between words only
+            else:
+                t.add_column(headers[c], justify="right" if numeric else "left", no_wrap=True, min_width=wide)
+        last = None
+        for i, (_, row) in enumerate(self.df.iterrows()):
+            group = (row["_group"], row["keep"])
+            if last is not None and group != last:
+                t.add_section()
+            last = group
+            style = "red" if row["status"] != "ok" else ("bold" if row["_dense"] else None)
+            t.add_row(*[cells[c][i] for c in cols], style=style)
+        return t
+
+
+def _natural(c: str, cells: dict[str, list[str]], headers: dict[str, str]) -> int:
+    """The width column ``c`` needs (the setting column: only its wrap minimum)."""
+    wide = max([len(headers[c])] + [len(x) for x in cells[c]])
+    return min(wide, max(SETTING_MIN, max([len(w) for x in cells[c] for w in x.split()] or [0]))) if c == "setting" else wide
+
+
+def _pages(keys: list[str], metrics: list[str], cells: dict[str, list[str]], headers: dict[str, str], width: int) -> list[list[str]] | None:
+    """Metric columns packed in order onto as few tables as fit ``width``, each table the
+    key columns first; None when the keys and one metric do not fit."""
+    base = [_natural(c, cells, headers) for c in keys]
+    pages: list[list[str]] = []
+    current: list[int] = []
+    current_cols: list[str] = []
+    for c in metrics:
+        w = _natural(c, cells, headers)
+        if _table_width(base + current + [w]) > width:
+            if not current_cols:
+                return None
+            pages.append(keys + current_cols)
+            current, current_cols = [], []
+            if _table_width(base + [w]) > width:
+                return None
+        current.append(w)
+        current_cols.append(c)
+    pages.append(keys + current_cols)
+    return pages
+
+
+def _stacked(df: pd.DataFrame, keys: list[str], metrics: list[str], cells: dict[str, list[str]], width: int):
+    """One block per point: its key cells on one line, then ``header value`` pairs packed
+    into lines of at most ``width`` characters (a pair is never split)."""
+    from rich.text import Text
+
+    for i, (_, row) in enumerate(df.iterrows()):
+        yield Text(" ".join(x for x in (cells[c][i] for c in keys) if x), style="bold" if row["_dense"] else None)
+        line = ""
+        for c in metrics:
+            value = cells[c][i]
+            if not value:
+                continue
+            pair = f"{SHORT.get(c, COLUMNS[c][0])} {value}"
+            if line and len(line) + 3 + len(pair) > width:
+                yield Text(line)
+                line = ""
+            line = f"{line} | {pair}" if line else f"  {pair}"
+        if line:
+            yield Text(line)
+
+
 def render(run: RunData, fmt: str) -> Any:
-    """The report of ``run`` in ``fmt`` (a rich Table for ``table``, else text)."""
+    """The report of ``run`` in ``fmt`` (for ``table`` a rich renderable that fits the
+    width it is printed at, :class:`FittedTable`; else text)."""
     if fmt not in FORMATS:
         raise OptionError(f"format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+    check_records(run.records, f"{run.path}/records.jsonl")
     df = frame(run.records)
     if df.empty:
         raise RunStateError(f"{run.path}: no records to report")
@@ -417,4 +610,4 @@ def render(run: RunData, fmt: str) -> Any:
         return to_csv(df)
     if fmt == "latex":
         return to_latex(df, run.env, label=f"tab:{run.path.name}")
-    return rich_table(df, run.env, title=f"tosa-bench sweep {run.path.name}")
+    return FittedTable(df, run.env, title=f"tosa-bench sweep {run.path.name}")

@@ -9,7 +9,11 @@ Modules, one job each:
 - :mod:`.inputs`: checks of whole-run inputs (weights, datasets, out dir) before measuring.
 - :mod:`.accuracy`: per-point accuracy (ImageNet-style top-1/5, NYU-style depth metrics).
 - :mod:`.runner`: measures the points one by one, recording each with its status.
-- :mod:`.session`: one session end to end (plan, run, tables); the resolved ``suite.toml``.
+- :mod:`.session`: one session end to end (plan, run, tables); the resolved ``suite.toml``;
+  which output directories a new run may use (``runs/<run-id>`` by default).
+- :mod:`.resume`: what ``--resume`` accepts on its command line and what is left to do.
+- :mod:`.lock`: one writer per run directory (an OS lock, freed when its process dies).
+- :mod:`.interrupt`: Ctrl-C and SIGTERM stop a sweep between records, never inside one.
 - :mod:`.merge`: joins shard outputs into one run.
 
 The run directory itself (``records.jsonl``, ``env.json``, ``suite.toml``), reading it

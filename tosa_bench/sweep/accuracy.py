@@ -7,10 +7,12 @@ loops of :mod:`tosa_bench.tasks.evaluate`, which never time anything.
 Fields every record gets (None where not measured, ``accuracy_reason`` says why):
 
 - classification (``--imagenet DIR``): ``top1``, ``top5`` (percent), ``n_images``
-  (scored), ``n_unreadable`` (files that could not be decoded, skipped);
+  (scored), ``n_unreadable`` (files that could not be decoded, skipped),
+  ``n_empty_classes`` (class folders without an image);
 - depth (``--nyu PATH`` and ``--depth-checkpoint``): ``delta1``, ``delta2``, ``delta3``
   (share of pixels, 0-1), ``absrel``, ``sqrel``, ``rmse`` (m), ``rmse_log``, ``log10``,
-  ``silog``, ``depth_n_images``, ``depth_n_skipped``, ``depth_n_unreadable``;
+  ``silog``, ``depth_n_images``, ``depth_n_skipped``, ``depth_n_unreadable``,
+  ``depth_n_nonfinite`` (NaN/inf predicted pixels: the metrics are then None);
 - ``weights``: ``"checkpoint"`` or ``"random"`` (no checkpoint: accuracy is still
   measured, and flagged in ``accuracy_reason``); ``eval_batch_size``, ``eval_limit``.
 
@@ -21,14 +23,16 @@ weights; otherwise it lists the reasons, e.g. "no --imagenet given; no --nyu giv
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from tosa_bench.measure.spec import Point
-from tosa_bench.tasks.accuracy import DepthWeights, depth_model_for
 from tosa_bench.tasks.metrics import DEPTH_METRIC_NAMES
 
-CLASSIFICATION_FIELDS = ("top1", "top5", "n_images", "n_unreadable")
-DEPTH_FIELDS = (*DEPTH_METRIC_NAMES, "depth_n_images", "depth_n_skipped", "depth_n_unreadable")
+if TYPE_CHECKING:  # the datasets and depth code (torchvision: seconds to import) load only when used
+    from tosa_bench.tasks.accuracy import DepthWeights
+
+CLASSIFICATION_FIELDS = ("top1", "top5", "n_images", "n_unreadable", "n_empty_classes")
+DEPTH_FIELDS = (*DEPTH_METRIC_NAMES, "depth_n_images", "depth_n_skipped", "depth_n_unreadable", "depth_n_nonfinite")
 ACCURACY_FIELDS = (*CLASSIFICATION_FIELDS, *DEPTH_FIELDS, "weights", "accuracy_reason", "eval_batch_size", "eval_limit")
 
 
@@ -71,6 +75,8 @@ class AccuracyPlan:
         else:
             stage("depth")
             out.update(self._depth(point, batch))
+            if out.get("depth_n_nonfinite"):
+                reasons.append(f"depth: NaN or inf predicted for {out['depth_n_nonfinite']} pixels, metrics not computed")
         out["accuracy_reason"] = "; ".join(reasons) or None
         return out
 
@@ -83,15 +89,18 @@ class AccuracyPlan:
         key = (model.cfg.img_size, model.cfg.num_classes)
         res = evaluate_classification(model, self.imagenet[key], batch, point.device, point.dtype,
                                       num_workers=self.num_workers, collate_fn=collate_skip_bad)
+        res["n_empty_classes"] = len(getattr(self.imagenet[key], "empty_classes", ()))
         return {k: res[k] for k in CLASSIFICATION_FIELDS}
 
     def _depth(self, point: Point, batch: int) -> dict[str, Any]:
         from tosa_bench.measure.spec import build_point_model
+        from tosa_bench.tasks.accuracy import depth_model_for
         from tosa_bench.tasks.evaluate import evaluate_depth
 
         model = depth_model_for(build_point_model(point), self.depth[point.model])
         res = evaluate_depth(model, self.nyu, batch, point.device, point.dtype, input_size=self.depth_input,
                              num_workers=self.num_workers)
         out = {k: res[k] for k in DEPTH_METRIC_NAMES}
-        out.update(depth_n_images=res["n_images"], depth_n_skipped=res.get("n_skipped"), depth_n_unreadable=res["n_unreadable"])
+        out.update(depth_n_images=res["n_images"], depth_n_skipped=res.get("n_skipped"), depth_n_unreadable=res["n_unreadable"],
+                   depth_n_nonfinite=res.get("n_nonfinite_pixels"))
         return out

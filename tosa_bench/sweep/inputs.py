@@ -22,7 +22,6 @@ from typing import Sequence
 
 from tosa_bench.errors import DatasetError, OptionError
 from tosa_bench.sweep.accuracy import AccuracyPlan
-from tosa_bench.tasks.accuracy import depth_model_for, read_depth_weights
 from tosa_bench.sweep.grid import GridPoint, weights_for
 from tosa_bench.sweep.suite import Suite
 
@@ -32,6 +31,24 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
+def _check_sizes(points: Sequence[GridPoint]) -> None:
+    """Refuse, before anything is built, a point whose forward pass cannot fit in the
+    memory of its device (an ``--img-size`` far too large: tokens and attention maps
+    estimated by :func:`tosa_bench.measure.fit.check_fits`)."""
+    from tosa_bench.measure.fit import check_fits
+    from tosa_bench.measure.spec import resolve_device
+    from tosa_bench.models.configs import get_config
+
+    seen: set[tuple] = set()
+    for gp in points:
+        p = gp.point
+        key = (p.model, p.img_size, p.batch_size, p.dtype, p.device)
+        if key not in seen:
+            seen.add(key)
+            side = get_config(p.model, p.img_size).img_size
+            check_fits(p.model, side, side, p.batch_size, p.dtype, resolve_device(p.device))
+
+
 def validate_inputs(suite: Suite, points: Sequence[GridPoint]) -> AccuracyPlan:
     """Check every whole-run input of ``suite`` for the models in ``points``; return the
     accuracy plan (datasets opened, depth weights read). Raises a UserInputError on the
@@ -39,6 +56,7 @@ def validate_inputs(suite: Suite, points: Sequence[GridPoint]) -> AccuracyPlan:
     from tosa_bench.build import build_model
     from tosa_bench.models.checkpoint import head_classes, load_backbone, load_method_weights, read_state_dict
 
+    _check_sizes(points)
     models = list(dict.fromkeys(gp.point.model for gp in points))
     num_classes: dict[str, int] = {}
     states: dict[str, dict] = {}
@@ -93,6 +111,7 @@ def validate_inputs(suite: Suite, points: Sequence[GridPoint]) -> AccuracyPlan:
         raise OptionError("depth-checkpoint: depth weights given but no --nyu dataset to evaluate them on")
     if suite.nyu is not None:
         from tosa_bench.data.nyu import build_nyu
+        from tosa_bench.tasks.accuracy import depth_model_for, read_depth_weights
 
         plan.nyu_path = suite.nyu
         try:

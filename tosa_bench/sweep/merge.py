@@ -11,7 +11,10 @@ Rules:
   and both directories: a merge must never pick one measurement silently;
 - the output gets ``records.jsonl`` (merged records, grid order), ``suite.toml`` (the
   grid without a shard), ``env.json`` (the first input's environment, with every
-  input's under ``merged_envs`` and their paths under ``merged_from``) and the tables.
+  input's under ``merged_envs`` and their paths under ``merged_from``) and the tables;
+- the output must be a new or empty directory (the rules of a new sweep's ``--out``,
+  :func:`~tosa_bench.sweep.session.check_out_dir`) and is locked while it is written; an
+  input that another process is still writing (its lock is held) is refused.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from typing import Any, Sequence
 from tosa_bench.errors import OptionError, RunStateError
 from tosa_bench.results import load_run
 from tosa_bench.results.store import ENV, RECORDS, SUITE, RunStore
-from tosa_bench.sweep.session import read_resolved, resolved_suite_text, write_tables
+from tosa_bench.sweep import lock
+from tosa_bench.sweep.session import check_out_dir, claim_out_dir, read_resolved, resolved_suite_text, write_tables
 
 
 @dataclass
@@ -44,7 +48,12 @@ def merge_runs(inputs: Sequence[str | Path], out: str | Path) -> MergeSummary:
     """Merge the run directories ``inputs`` into a new run at ``out`` (module docstring)."""
     if not inputs:
         raise OptionError("merge: give at least one run directory")
+    check_out_dir(Path(out), resumable=False)  # before reading the inputs: a bad --out costs nothing
     runs = [load_run(p) for p in inputs]
+    for r in runs:
+        busy = lock.holder(r.path)
+        if busy is not None:
+            raise RunStateError(f"merge: {r.path} is still being written ({lock.describe(busy)}); merge it when it is done")
     if len({r.path.resolve() for r in runs}) != len(runs):
         raise OptionError("merge: a run directory is given twice")
     first_suite, first_grid, _, _ = read_resolved(RunStore(runs[0].path))
@@ -71,7 +80,8 @@ def merge_runs(inputs: Sequence[str | Path], out: str | Path) -> MergeSummary:
                 continue
             else:
                 raise RunStateError(f"merge: config {h} has different results in {where} and {r.path}; refusing to choose one")
-    target = RunStore.create(out)
+    claim_out_dir(Path(out), resumable=False)
+    target = RunStore(out)
     order = {gp.hash: i for i, gp in enumerate(first_grid)}
     merged = sorted((rec for rec, _ in chosen.values()), key=lambda r: order.get(r["config_hash"], len(order)))
     envs = [r.env or {} for r in runs]

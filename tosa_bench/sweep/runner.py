@@ -9,8 +9,17 @@ Per point:
 - ``torch.OutOfMemoryError`` -> status ``oom`` (the CUDA cache is emptied, the sweep goes on);
 - ``NonFiniteOutput`` or any other exception -> status ``error`` with ``error`` = the
   exception's type and first line (``error_traceback``: the last lines of the traceback);
-- ``KeyboardInterrupt`` (and SystemExit) propagate: the point in flight is not recorded,
-  every earlier one already is (resume with ``--resume``).
+- ``KeyboardInterrupt`` (Ctrl-C, and SIGTERM under :func:`.interrupt.stop_on_signals`)
+  and SystemExit propagate: the point in flight is not recorded, every earlier one
+  already is (resume with ``--resume``). A signal that arrives while a record is being
+  appended waits until the record is whole (:func:`.interrupt.deferred`).
+
+A point whose latest record is ``ok`` but lacks an accuracy the session can measure (data
+added by ``--resume``, :func:`.resume.lacks_accuracy`) is not measured again: its accuracy
+is evaluated and a copy of its record with the accuracy fields filled is appended
+(``accuracy_session``, ``accuracy_elapsed_s`` say when and how long). The store's rule
+that a config hash's last record is its result (:func:`~tosa_bench.results.store.latest_by_hash`)
+makes that copy the point's one record for every reader.
 
 Every record carries: ``config_hash``, ``status``, ``error``, ``config`` (the full
 ``Point.config()``), the point's identity fields at top level (model, variant, options,
@@ -33,6 +42,8 @@ from tosa_bench.measure.spec import NonFiniteOutput, Point, Settings
 from tosa_bench.results.store import RunStore
 from tosa_bench.sweep.accuracy import ACCURACY_FIELDS
 from tosa_bench.sweep.grid import GridPoint
+from tosa_bench.sweep.interrupt import deferred
+from tosa_bench.sweep.resume import pending
 from tosa_bench.models.configs import get_config
 
 MeasureFn = Callable[[Point, Settings, Callable[[str], None]], dict[str, Any]]
@@ -60,11 +71,13 @@ class _Silent:
 
 @dataclass
 class RunSummary:
-    """Counts of one session: points ``measured`` now, ``skipped`` (already ok), and per status."""
+    """Counts of one session: points ``measured`` now (``accuracy_added``: of them, ok
+    points that only got their accuracy), ``skipped`` (already ok), and per status."""
 
     total: int = 0
     skipped: int = 0
     measured: int = 0
+    accuracy_added: int = 0
     status: dict[str, int] = field(default_factory=dict)
     records: list[dict[str, Any]] = field(default_factory=list)
 
@@ -152,6 +165,33 @@ def measure_one(
     return record
 
 
+def add_accuracy(
+    previous: dict[str, Any],
+    gp: GridPoint,
+    accuracy: AccuracyFn,
+    stage: Callable[[str], None],
+    session: str = "",
+) -> dict[str, Any]:
+    """``previous`` (an ok record without the accuracy now wanted) with its accuracy
+    fields measured; its speed fields are kept as measured. A failure makes it an
+    ``oom``/``error`` record (the point is then measured whole on the next resume)."""
+    record = dict(previous)
+    t0 = time.perf_counter()
+    try:
+        record.update(accuracy(gp.point, stage))
+    except _oom_type() as err:
+        record.update(status="oom", error=f"accuracy: {_first_line(err)}")
+    except Exception as err:  # one point's failure must not stop the sweep
+        record.update(status="error", error=f"accuracy: {_first_line(err)}",
+                      error_traceback="".join(traceback.format_exception(err)[-6:]))
+    if record["status"] != "ok":
+        _free_cuda()
+    record["accuracy_session"] = session
+    record["accuracy_elapsed_s"] = time.perf_counter() - t0
+    record["time_utc"] = _now()
+    return record
+
+
 def _free_cuda() -> None:
     try:
         import gc
@@ -173,21 +213,28 @@ def run_points(
     accuracy: AccuracyFn | None = None,
     progress: Progress | None = None,
     run_id: str = "",
+    lacks_accuracy: Callable[[dict[str, Any]], bool] | None = None,
 ) -> RunSummary:
-    """Measure every point of ``points`` whose latest record in ``store`` is not ``ok``,
-    appending each record (fsync'd) as it finishes."""
+    """Measure every point of ``points`` whose latest record in ``store`` is not ``ok``
+    (and add the accuracy to ok records that ``lacks_accuracy``), appending each record
+    (fsync'd) as it finishes."""
     if measure is None:
         from tosa_bench.measure.point import measure_point as measure
     progress = progress or _Silent()
     store.open_for_append()
-    done = store.ok_hashes()
-    todo = [gp for gp in points if gp.hash not in done]
+    todo = pending(points, store, lacks_accuracy if accuracy is not None else None)
     summary = RunSummary(total=len(points), skipped=len(points) - len(todo))
     session = _now()
-    for i, gp in enumerate(todo):
+    for i, (gp, previous) in enumerate(todo):
         progress.start(i, len(todo), gp)
-        record = measure_one(gp, settings, measure, accuracy, progress.stage, run_id, session)
-        store.append(record)
+        if previous is None:
+            record = measure_one(gp, settings, measure, accuracy, progress.stage, run_id, session)
+        else:
+            assert accuracy is not None
+            record = add_accuracy(previous, gp, accuracy, progress.stage, session)
+            summary.accuracy_added += 1
+        with deferred():  # a signal now would stop the sweep after this record, not inside it
+            store.append(record)
         summary.measured += 1
         summary.status[record["status"]] = summary.status.get(record["status"], 0) + 1
         summary.records.append(record)

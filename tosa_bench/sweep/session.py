@@ -2,20 +2,27 @@
 
 Order, so that a bad whole-run input stops the sweep before any record is written:
 the suite is validated (file, keys, values), the grid expanded (every point's options
-bound to its model), the output directory made and probed for writing, the weights and
-datasets opened and checked (:mod:`.inputs`), then ``env.json`` and ``suite.toml`` are
-written, and only then is anything measured. A directory this session made is removed
-again if a check after it fails and it is still empty.
+bound to its model), the output directory checked (:func:`check_out_dir`: a new or empty
+directory, never the file-system root or the home folder), made, probed for writing and
+locked (:mod:`.lock`: one writer per run directory), the weights and datasets opened and
+checked (:mod:`.inputs`), then ``env.json`` and ``suite.toml`` are written, and only then
+is anything measured. A directory this session made is removed again if a check after it
+fails and it still holds nothing but the lock.
+
+New runs go to ``runs/<run-id>`` (:data:`RUNS_ROOT`, relative to the current directory;
+ignored by git), never into the curated ``results/`` of the repository.
 
 Resume (``--resume RUN_DIR``) takes the grid from ``RUN_DIR/suite.toml`` (its
 ``[[points]]``, so a later change of the natural mappings cannot shift the grid under a
 half-finished run), re-checks the inputs, and measures the points whose latest record is
-not ``ok``.
+not ``ok``, plus, when the resumed suite has data the run lacked (:mod:`.resume`), the
+accuracy of the ok points that have none.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import shutil
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,12 +32,16 @@ import tomli_w
 
 from tosa_bench.errors import OutputPathError, RunStateError, SuiteError
 from tosa_bench.measure.spec import Point
-from tosa_bench.results.store import ENV, SUITE, RunStore
+from tosa_bench.results.store import ENV, RECORDS, SUITE, RunStore
+from tosa_bench.sweep import lock
 from tosa_bench.sweep.accuracy import AccuracyPlan
 from tosa_bench.sweep.grid import GridPoint, expand, select_shard
-from tosa_bench.sweep.suite import Suite, from_dict, to_dict
+from tosa_bench.sweep.suite import SCHEMA, Suite, from_dict, to_dict
 
-RESULTS_ROOT = Path("results")
+#: where run directories go when no --out is given (relative to the current directory)
+RUNS_ROOT = Path("runs")
+SUITE_HEADER = ("Resolved suite of a tosa-bench sweep run (written by tosa-bench; read by --resume and merge).\n"
+                "[[points]] is the whole grid; this run measures the shard named in [run].")
 
 
 @dataclass
@@ -61,7 +72,7 @@ def _claim_dir(root: Path, run_id: str) -> Path:
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise OutputPathError(f"results: cannot create {root} ({err.strerror or err})") from None
+        raise OutputPathError(f"runs-dir: cannot create {root} ({err.strerror or err})") from None
     for n in range(1, 1000):
         p = root / (run_id if n == 1 else f"{run_id}-{n}")
         try:
@@ -108,9 +119,19 @@ def resolved_suite_text(suite: Suite, grid: list[GridPoint], shard: tuple[int, i
     doc["run"] = {"run_id": run_id, "source": suite.source or "defaults (tosa-bench sweep)",
                   "shard": f"{shard[0]}/{shard[1]}" if shard else None, "grid_points": len(grid), "shard_points": n_shard}
     doc["points"] = [point_to_toml(gp) for gp in grid]
-    header = ("Resolved suite of a tosa-bench sweep run (written by tosa-bench; read by --resume and merge).\n"
-              "[[points]] is the whole grid; this run measures the shard named in [run].")
-    return toml_text(doc, header)
+    return toml_text(doc, SUITE_HEADER)
+
+
+def rewrite_settings(store: RunStore, suite: Suite) -> None:
+    """Replace the suite sections of ``store``'s ``suite.toml`` by ``suite``'s, keeping its
+    ``[suite]``, ``[run]`` and ``[[points]]`` (used when a resume adds data to a run)."""
+    path = store.path / SUITE
+    doc = tomllib.loads(path.read_text())
+    new = to_dict(suite)
+    for section in SCHEMA:
+        if section != "suite":
+            doc[section] = new[section]
+    store.write_text(SUITE, toml_text(doc, SUITE_HEADER))
 
 
 def toml_text(doc: dict[str, Any], header: str = "") -> str:
@@ -146,8 +167,105 @@ def read_resolved(store: RunStore) -> tuple[Suite, list[GridPoint], tuple[int, i
     return suite, grid, parse_shard(run.get("shard")), run
 
 
+def is_run_dir(path: Path) -> bool:
+    """A tosa-bench run directory: it holds ``records.jsonl`` or ``suite.toml``."""
+    return (path / RECORDS).is_file() or (path / SUITE).is_file()
+
+
+#: what a process killed while starting a run may leave: the lock, the write probe, the
+#: temporary files of atomic writes (``.suite.toml.XXXX``); none makes a folder non-empty
+_LEFTOVER_PREFIXES = (".probe.", *(f".{n}." for n in (SUITE, ENV, RECORDS)))
+
+
+def _contents(path: Path) -> list[Path]:
+    """Entries of ``path`` other than leftovers of a start (:data:`_LEFTOVER_PREFIXES`, the lock)."""
+    return [e for e in path.iterdir() if e.name != lock.LOCK and not e.name.startswith(_LEFTOVER_PREFIXES)]
+
+
+def check_out_dir(path: Path, overwrite: bool = False, option: str = "out", resumable: bool = True) -> None:
+    """Refuse an output directory a new run must not write into (before anything is made):
+    the file-system root, the home folder, a path that is a file, or a directory that is
+    not empty, unless ``overwrite`` and it is an earlier run directory (replaced then).
+    :class:`~tosa_bench.errors.OutputPathError` naming ``option``; ``resumable``: the
+    command has --resume and --overwrite to offer for an earlier run."""
+    p = Path(path).expanduser()
+    real = p.resolve()
+    if real == Path(real.anchor):
+        raise OutputPathError(f"{option}: {p} is the file-system root; give a new directory, e.g. runs/NAME")
+    if real == Path.home().resolve():
+        raise OutputPathError(f"{option}: {p} is your home folder; give a new directory, e.g. runs/NAME")
+    if p.exists() and not p.is_dir():
+        raise OutputPathError(f"{option}: {p} exists and is not a directory; give a new directory")
+    if not p.is_dir() or not _contents(p):
+        return
+    if not is_run_dir(p):
+        raise OutputPathError(f"{option}: {p} is not empty and not a run directory; give a new or empty directory")
+    if not overwrite and not resumable:
+        raise OutputPathError(f"{option}: {p} already holds a run; give a new or empty directory")
+    if not overwrite:
+        raise OutputPathError(f"{option}: {p} already holds a run; continue it with --resume {p}, "
+                              f"replace it with --overwrite, or give another directory")
+
+
+def _make_dir(path: Path, option: str = "out") -> None:
+    """Create ``path`` (and its parents); OutputPathError with the OS reason."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputPathError(f"{option}: cannot create {path} ({err.strerror or err})") from None
+
+
+def claim_out_dir(path: Path, overwrite: bool = False, option: str = "out", resumable: bool = True) -> tuple[bool, bool]:
+    """Check (:func:`check_out_dir`), make, probe and lock ``path`` for a new run, and
+    check it again under the lock (another process may have started a run there in
+    between). Returns (made: the directory was made here, locked: the lock was taken
+    here, not held by this process already). An earlier run that
+    ``overwrite`` lets through is still there: :func:`clear_run` removes it."""
+    check_out_dir(path, overwrite, option, resumable)
+    made = not path.exists()
+    _make_dir(path, option)
+    locked = False
+    try:
+        RunStore(path).check_writable()
+        locked = lock.acquire(path)
+        check_out_dir(path, overwrite, option, resumable)
+    except BaseException:
+        _undo_dir(path, made, locked)
+        raise
+    return made, locked
+
+
+def clear_run(path: Path) -> None:
+    """Remove an earlier run's files from ``path`` (everything but the lock, which this
+    process must hold, so a run another process is writing is never removed)."""
+    if not lock.held_by_me(path) or not _contents(path):
+        return
+    n = len(RunStore(path).load().records)
+    for e in _contents(path):
+        if e.is_dir() and not e.is_symlink():
+            shutil.rmtree(e)
+        else:
+            e.unlink()
+    import sys
+
+    print(f"note: --overwrite: removed the earlier run in {path} ({n} records)", file=sys.stderr, flush=True)
+
+
+def _undo_dir(path: Path, made: bool, locked: bool = True) -> None:
+    """After a failed start: let go of the lock (if ``locked``: taken by this start) and,
+    if this session made ``path`` and it holds nothing else, remove it again."""
+    if locked:
+        lock.release(path)
+    if made and path.is_dir() and not _contents(path):
+        (path / lock.LOCK).unlink(missing_ok=True)
+        try:
+            path.rmdir()
+        except OSError:
+            pass
+
+
 def plan_new(suite: Suite, out: str | Path | None = None, shard: tuple[int, int] | None = None,
-             results_root: str | Path = RESULTS_ROOT, check_inputs: bool = True) -> Plan:
+             runs_root: str | Path = RUNS_ROOT, check_inputs: bool = True, overwrite: bool = False) -> Plan:
     """Validate everything and prepare a new run directory (module docstring)."""
     from tosa_bench.sweep.inputs import validate_inputs
 
@@ -156,33 +274,50 @@ def plan_new(suite: Suite, out: str | Path | None = None, shard: tuple[int, int]
         raise SuiteError("grid: the suite selects no points (check variants and keeps)")
     points = select_shard(grid, shard)
     if out is not None:
-        path = Path(out)
-        made = not path.exists()
+        path = Path(out).expanduser()
+        made, locked = claim_out_dir(path, overwrite)
     else:
-        path, made = _claim_dir(Path(results_root), default_run_id(suite, shard)), True
+        path, made = _claim_dir(Path(runs_root), default_run_id(suite, shard)), True
+        try:
+            locked = lock.acquire(path)
+        except BaseException:
+            _undo_dir(path, made, locked=False)
+            raise
     run_id = path.name
-    store = RunStore.create(path)
+    store = RunStore(path)
     try:
         accuracy = validate_inputs(suite, grid) if check_inputs else None
+        if overwrite:
+            clear_run(path)  # only now: a bad input above leaves the earlier run as it was
         _write_start(store, suite, grid, points, shard, run_id, resumed=False)
     except BaseException:
-        if made and path.is_dir() and not any(path.iterdir()):
-            path.rmdir()
+        _undo_dir(path, made, locked)
         raise
     return Plan(suite, grid, points, store, _needed(accuracy, suite), shard, run_id)
 
 
-def plan_resume(run_dir: str | Path, check_inputs: bool = True) -> Plan:
-    """Prepare to continue ``run_dir`` (module docstring)."""
+def plan_resume(run_dir: str | Path, check_inputs: bool = True, suite: Suite | None = None) -> Plan:
+    """Prepare to continue ``run_dir`` (module docstring). ``suite``: the stored suite with
+    the changes a resume may make (:func:`tosa_bench.sweep.resume.reconcile`: data added);
+    it replaces the stored settings in ``suite.toml`` once the inputs are checked."""
     from tosa_bench.sweep.inputs import validate_inputs
 
     store = RunStore.existing(run_dir)
     store.check_writable()
-    suite, grid, shard, run = read_resolved(store)
-    points = select_shard(grid, shard)
-    accuracy = validate_inputs(suite, grid) if check_inputs else None
-    run_id = run.get("run_id") or store.path.name
-    _write_start(store, suite, grid, points, shard, run_id, resumed=True)
+    locked = lock.acquire(store.path)
+    try:
+        stored, grid, shard, run = read_resolved(store)
+        suite = suite or stored
+        points = select_shard(grid, shard)
+        accuracy = validate_inputs(suite, grid) if check_inputs else None
+        if to_dict(suite) != to_dict(stored):
+            rewrite_settings(store, suite)
+        run_id = run.get("run_id") or store.path.name
+        _write_start(store, suite, grid, points, shard, run_id, resumed=True)
+    except BaseException:
+        if locked:
+            lock.release(store.path)
+        raise
     return Plan(suite, grid, points, store, _needed(accuracy, suite), shard, run_id, resumed=True)
 
 
@@ -198,9 +333,9 @@ def _write_start(store: RunStore, suite: Suite, grid: list[GridPoint], points: l
     if resumed:
         stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         store.write_json(f"env-resume-{stamp}.json", env)
-    else:
-        store.write_json(ENV, env)
+    else:  # suite.toml first: from then on the folder is a run that --resume can continue
         store.write_text(SUITE, resolved_suite_text(suite, grid, shard, run_id, len(points)))
+        store.write_json(ENV, env)
     store.open_for_append()
 
 

@@ -76,7 +76,7 @@ from tosa_bench.methods.tosa import IMPORTANCE_RULES
 DTYPE_NAMES = ("fp32", "fp16", "bf16")
 DEVICE_TYPES = ("cpu", "cuda")
 MATCH_MODES = ("none", "gmacs")
-SUITES_DIR = Path(__file__).resolve().parents[2] / "suites"
+SUITES_DIR = Path(__file__).resolve().parents[1] / "suites"  # package data (suites/ in the checkout links here)
 
 
 @dataclass(frozen=True)
@@ -440,11 +440,14 @@ def load_suite(path: str | Path) -> Suite:
         raise SuiteError(f"{p}: not a UTF-8 text file ({err.reason} at byte {err.start})") from None
     except OSError as err:
         raise SuiteError(f"{p}: cannot be read ({err.strerror or err})") from None
+    if not doc:  # an empty file (or comments only) is a mistake, not "the defaults"
+        raise SuiteError(f"{p}: the suite is empty (no sections); give at least [grid], or leave out --suite for the default run")
     return from_dict(doc, source=str(p), base_dir=p.parent)
 
 
 def resolve_suite_path(path: str | Path) -> Path:
-    """An existing file, else ``suites/<path>.toml`` of the checkout; SuiteError if neither."""
+    """An existing file, else a shipped suite ``tosa_bench/suites/<path>.toml`` (package
+    data, so names work after any install); SuiteError if neither."""
     p = Path(path).expanduser()
     if p.is_file():
         return p

@@ -28,15 +28,30 @@ def imagenet_accuracy(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Top-1/top-5 (percent) of a classifier on an ImageFolder val set (DeiT transform at
-    the model's input size). The folder's class count must equal the model's head."""
+    the model's input size). The folder's class count must equal the model's head.
+    Besides the metrics: ``n_unreadable`` / ``unreadable_files`` (images that could not
+    be decoded, skipped) and ``n_empty_classes`` / ``empty_classes`` (class folders
+    without images), the first 20 of each listed."""
     dataset = build_imagenet(data_dir, img_size=model.cfg.img_size, crop_pct=crop_pct, limit=limit, expected_classes=model.cfg.num_classes)
     result = evaluate_classification(model, dataset, batch_size, device, dtype, num_workers=workers, collate_fn=collate_skip_bad, progress=progress)
     result["n_unreadable"] = max(int(result.get("n_unreadable", 0)), dataset.num_unreadable)
     result["unreadable_files"] = [str(p) for p in dataset.unreadable][:20]
+    result["n_empty_classes"] = len(dataset.empty_classes)
+    result["empty_classes"] = dataset.empty_classes[:20]
     return result
 
 
 DEPTH_ALLOWED_PREFIX = "backbone.reducer."  # method weights: not required in a depth checkpoint
+#: the backbone's classifier: no part of a depth model. A depth checkpoint may hold it or
+#: not (one saved from a backbone built with or without its head); it is never loaded.
+CLASSIFIER_PREFIX = "backbone.head."
+
+
+def depth_core(state: dict[str, Any]) -> dict[str, Any]:
+    """The entries of a depth state dict that every depth checkpoint must match: all but
+    method weights (``backbone.reducer.``) and the unused classifier (``backbone.head.``).
+    This is the one depth checkpoint format that ``eval --nyu`` and ``sweep --nyu`` read."""
+    return {k: v for k, v in state.items() if not k.startswith((DEPTH_ALLOWED_PREFIX, CLASSIFIER_PREFIX))}
 
 
 @dataclass
@@ -56,8 +71,9 @@ def depth_model_for(backbone: Any, weights: DepthWeights) -> Any:
     The method's own weights (``backbone.reducer.*``: ToSA selectors) need not be in the
     checkpoint: a depth model trained densely runs every variant, the selectors keeping
     what the backbone was built with (``--selector`` weights or their initialisation).
-    Checkpoint entries for another variant's method weights are ignored. Anything else
-    missing, unexpected or of another shape raises ``CheckpointError``.
+    Checkpoint entries for another variant's method weights are ignored, and so is the
+    backbone's classifier (``backbone.head.*``, present or not: a depth model never uses
+    it). Anything else missing, unexpected or of another shape raises ``CheckpointError``.
     """
     from tosa_bench.models.checkpoint import check_fit
     from tosa_bench.tasks.depth_model import DepthModel
@@ -65,8 +81,7 @@ def depth_model_for(backbone: Any, weights: DepthWeights) -> Any:
     model = DepthModel(backbone, features=weights.features, stage_channels=list(weights.stage_channels),
                        head_channels=weights.head_channels)
     own = model.state_dict()
-    core_own = {k: v for k, v in own.items() if not k.startswith(DEPTH_ALLOWED_PREFIX)}
-    core_state = {k: v for k, v in weights.state.items() if not k.startswith(DEPTH_ALLOWED_PREFIX)}
+    core_own, core_state = depth_core(own), depth_core(weights.state)
     check_fit(core_own, core_state, f"depth checkpoint {weights.path} does not fit {getattr(backbone, 'name', 'the model')}")
     method = {k: v for k, v in weights.state.items() if k in own and k.startswith(DEPTH_ALLOWED_PREFIX) and v.shape == own[k].shape}
     model.load_state_dict({**core_state, **method}, strict=False)

@@ -234,9 +234,11 @@ class DepthModel(nn.Module):
 # Checkpoints
 # --------------------------------------------------------------------------------------
 def save_depth_checkpoint(model: nn.Module, path: str | Path) -> None:
-    """Save ``model.state_dict()`` bare, as .safetensors (by suffix) or torch .pth."""
+    """Save ``model.state_dict()`` bare, as .safetensors (by suffix) or torch .pth, without
+    the backbone's classifier (``backbone.head.*``, unused by a depth model): the one
+    depth checkpoint format ``eval --nyu`` and ``sweep --nyu`` both read."""
     path = Path(path)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if not k.startswith("backbone.head.")}
     if path.suffix == ".safetensors":
         from safetensors.torch import save_file
 
@@ -246,14 +248,16 @@ def save_depth_checkpoint(model: nn.Module, path: str | Path) -> None:
 
 
 def load_depth_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load a depth checkpoint (``backbone.*`` + ``head.*``) into ``model`` strictly.
+    """Load a depth checkpoint (``backbone.*`` + ``head.*``) into ``model`` strictly (the
+    backbone's classifier ``backbone.head.*`` aside: it may be there or not, never used).
 
     Read tensors-only like backbone checkpoints (``.safetensors``, or a torch file with
     ``weights_only=True``, bare or under ``"model"``/``"state_dict"``, ``module.``
     stripped); any missing or unexpected key or shape difference raises
     ``CheckpointError`` (a ``ValueError``) naming the first of each.
     """
-    state = read_state_dict(path)
-    check_fit(model.state_dict(), state, f"depth checkpoint {path} does not fit the depth model")
-    model.load_state_dict(state, strict=True)
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith("backbone.head.")}
+    state = {k: v for k, v in read_state_dict(path).items() if not k.startswith("backbone.head.")}
+    check_fit(own, state, f"depth checkpoint {path} does not fit the depth model")
+    model.load_state_dict(state, strict=False)  # every key but the unused classifier checked above
     return model

@@ -21,6 +21,7 @@ Conventions:
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Any, Callable, Iterable, Iterator
 
 import torch
@@ -31,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from tosa_bench.data.loader import make_loader
 from tosa_bench.errors import OptionError
 from tosa_bench.precision import autocast, resolve_autocast
-from tosa_bench.tasks.metrics import ClassificationAccumulator, DepthAccumulator
+from tosa_bench.tasks.metrics import DEPTH_METRIC_NAMES, ClassificationAccumulator, DepthAccumulator
 
 __all__ = ["evaluate_classification", "evaluate_depth", "resolve_autocast"]
 
@@ -174,7 +175,8 @@ def evaluate_depth(
     Returns:
         the nine metric means (see ``DEPTH_METRIC_NAMES``), ``n_images`` (images scored),
         ``n_skipped`` (images without a valid pixel), ``n_unreadable`` (dropped by
-        ``collate_fn``), ``dtype`` and ``device``.
+        ``collate_fn``), ``n_nonfinite_pixels`` (NaN/inf predictions), ``dtype`` and
+        ``device``. A metric that is not finite is None, with ``reason`` saying why.
     """
     device = torch.device(device)
     resolve_autocast(dtype, device)  # fail before any work
@@ -185,6 +187,7 @@ def evaluate_depth(
     if input_size is not None:
         _check_input_size(input_size, patch)
     batches = _Batches(loader, device, progress, "depth")
+    nonfinite = predicted = 0
     with _eval_mode(model, device), torch.inference_mode():
         for images, gt in batches:
             gt = gt.to(device, non_blocking=True).float()
@@ -203,5 +206,26 @@ def evaluate_depth(
                 raise ValueError(f"depth model must return (B, h, w) or (B, 1, h, w), got {tuple(pred.shape)}")
             if tuple(pred.shape[-2:]) != gt_size:
                 pred = F.interpolate(pred, size=gt_size, mode="bilinear", align_corners=False)
+            nonfinite += int((~torch.isfinite(pred)).sum())
+            predicted += pred.numel()
             acc.update(pred[:, 0], gt)
-    return batches.result(acc.compute(), dtype, device)
+    return batches.result(_finite_metrics(acc.compute(), nonfinite, predicted), dtype, device)
+
+
+def _finite_metrics(metrics: dict[str, Any], nonfinite: int, predicted: int) -> dict[str, Any]:
+    """``metrics`` with ``n_nonfinite_pixels``; where the model predicted NaN or inf
+    anywhere, or a metric is not finite, the metrics are None and ``reason`` says why.
+    Why all of them: NaN compares false, so delta1 would read 0.0 as if measured, and
+    a mean over the finite pixels only would hide the failure; a bare NaN is not valid
+    JSON either."""
+    out = dict(metrics)
+    bad = [k for k in DEPTH_METRIC_NAMES if isinstance(out.get(k), float) and not math.isfinite(out[k])]
+    out["n_nonfinite_pixels"] = nonfinite
+    if nonfinite:
+        bad = [k for k in DEPTH_METRIC_NAMES if k in out]
+        out["reason"] = f"the model predicted NaN or inf for {nonfinite:,} of {predicted:,} pixels; metrics not computed"
+    elif bad:
+        out["reason"] = "no valid ground-truth pixel; metrics not computed"
+    for k in bad:
+        out[k] = None
+    return out
