@@ -10,6 +10,7 @@ from tosa_bench.errors import OptionError
 from tosa_bench.methods import registry
 from tosa_bench.models.checkpoint import head_classes, load_backbone, load_method_weights, read_state_dict
 from tosa_bench.models.configs import get_config
+from tosa_bench.models.selector_file import check_selector_file
 from tosa_bench.models.vit import VisionTransformer
 
 
@@ -62,5 +63,6 @@ def build_model(
         if not method.accepts_selector:
             takers = [n for n in registry.names() if registry.get(n).accepts_selector]
             raise OptionError(f"selector: selector weights apply to the {', '.join(takers)} variant, not {variant!r}")
+        check_selector_file(selector, model)  # trained for another model or placement: said in one line
         load_method_weights(model, read_state_dict(selector), source=f"selector weights {selector}")
     return model.eval()

@@ -6,13 +6,15 @@ only maps options onto a suite, draws progress and prints tables.
 
 from __future__ import annotations
 
+import os
+import sys
 from enum import Enum
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 
-from tosa_bench.cli.common import DType, VARIANT_HELP, app, check_output_file, err, guarded, out, output_file, say
+from tosa_bench.cli.common import DType, VARIANT_HELP, app, check_output_file, deprecated_alias, err, guarded, out, output_file, say
 from tosa_bench.errors import OptionError
 
 SWEEP_HELP = """Measure a grid of models x variants x settings, storing each point.
@@ -41,14 +43,23 @@ first placement, so methods are compared at equal cost.
 the suite's. --checkpoint, --selector and --depth-checkpoint take PATH (for
 every model) or MODEL=PATH.
 
-Results go to results/<run-id>/ (or --out DIR): records.jsonl (one line
-per point, fsync'd), env.json, suite.toml (the resolved grid), table.md and
-table.csv. --resume DIR measures what is not ok yet; --shard i/n runs 1/n
-of the grid (by sorted config hash); `tosa-bench merge` joins shards.
+Results go to runs/<run-id>/ (or --out DIR, a new or empty directory;
+--overwrite replaces an earlier run there): records.jsonl (one line per
+point, fsync'd), env.json, suite.toml (the resolved grid), table.md,
+table.csv and figures/ (PDF and PNG; `tosa-bench plot` redraws them).
+One process writes a run at a time (a second one is refused).
+
+--resume DIR continues a run: the same command plus --resume DIR measures
+what is not ok yet (options that would change the stored grid or settings
+are refused); --imagenet or --nyu added to a finished run measures the
+accuracy it lacks. --dry-run --resume DIR lists what would be measured.
+--shard i/n runs 1/n of the grid (by sorted config hash); `tosa-bench
+merge` joins shards.
 
 Exit code 0: every point ok; 1: some points recorded as error or oom, or
 an internal error (a bug: its traceback file is named; --debug prints it);
-2: bad input (nothing measured).
+2: bad input (nothing measured); 130 on Ctrl-C, 143 on SIGTERM (finished
+points are kept: continue with --resume).
 """
 
 
@@ -168,15 +179,21 @@ def sweep_command(
     timing: Optional[bool] = typer.Option(None, "--timing/--no-timing", help="Measure throughput and latency."),
     latency: Optional[bool] = typer.Option(None, "--latency/--no-latency", help="Measure batch-1 latency."),
     memory: Optional[bool] = typer.Option(None, "--memory/--no-memory", help="Measure peak memory."),
-    out_dir: Optional[Path] = typer.Option(None, "--out", help="Run directory (default results/<run-id>)."),
-    results: Path = typer.Option(Path("results"), "--results", help="Where default run directories go."),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue RUN_DIR: measure the points not ok yet."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/<run-id>): new or empty, unless --resume or --overwrite."),
+    runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="Where default run directories go (default: runs/ in the current directory)."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue RUN_DIR: measure the points not ok yet (and accuracy added by --imagenet/--nyu)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the earlier run in --out DIR."),
     shard: Optional[str] = typer.Option(None, "--shard", help="Run shard i of n (e.g. 2/3) of the grid."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved grid and exit (nothing measured)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be measured and exit (nothing measured, nothing written)."),
+    figures: bool = typer.Option(True, "--figures/--no-figures", help="Draw the run's figures into RUN_DIR/figures at the end (a few seconds; `tosa-bench plot` draws them later)."),
+    launcher: Optional[str] = typer.Option(None, "--launcher", help="slurm or local: submit the grid as --jobs shards through submitit and return (`tosa-bench status DIR` follows them)."),
+    jobs: int = typer.Option(1, "--jobs", min=1, help="With --launcher: shards (jobs of the array)."),
+    partition: Optional[str] = typer.Option(None, "--partition", help="With --launcher slurm: the partition."),
+    gpus_per_job: int = typer.Option(1, "--gpus-per-job", min=0, help="With --launcher: GPUs per shard."),
+    time_min: int = typer.Option(240, "--time", min=1, help="With --launcher: wall-clock limit per shard (minutes); requeued after it."),
+    slurm_option: Optional[list[str]] = typer.Option(None, "--slurm-option", help="With --launcher slurm: extra sbatch option KEY=VALUE (repeatable), e.g. account=proj."),
 ) -> None:
-    from tosa_bench.sweep.grid import expand, parse_shard, select_shard
-    from tosa_bench.sweep.session import plan_new, plan_resume
-    from tosa_bench.sweep.suite import Suite, load_suite
+    from tosa_bench.sweep.interrupt import Stopped, stop_on_signals
 
     overrides = dict(
         models=_tuple(model), variants=_tuple(variant), keeps=_tuple(keep), placements=_tuple(placement),
@@ -188,53 +205,167 @@ def sweep_command(
         eval_batch_size=eval_batch_size, num_workers=workers, warmup=warmup, repeats=repeats,
         time_budget_s=time_budget, timing=timing, latency=latency, memory=memory,
     )
-    if resume is not None:
-        given = [k for k, v in overrides.items() if v is not None] + [n for n, v in (("--suite", suite), ("--out", out_dir), ("--shard", shard)) if v is not None]
-        if given:
-            raise OptionError(f"resume: --resume runs the grid and settings stored in {resume}/suite.toml; drop {given[0]}")
-        plan = plan_resume(resume)
-    else:
-        base = load_suite(suite) if suite is not None else Suite()
-        resolved = base.with_overrides(**overrides)
-        shard_spec = parse_shard(shard)
-        if dry_run:
-            _print_grid(select_shard(expand(resolved), shard_spec), resolved)
+    if resume is not None and launcher is None:
+        from tosa_bench.sweep.launch import is_launch_dir
+
+        if is_launch_dir(resume):  # a launched sweep: its shards' states, merged when done
+            from tosa_bench.cli.launch import show_status
+
+            show_status(resume)
             return
-        plan = plan_new(resolved, out_dir, shard_spec, results)
-    _run(plan)
+    if launcher is not None:
+        from tosa_bench.cli.launch import submit
+        from tosa_bench.sweep.launch import LaunchSpec, parse_slurm_options
+        from tosa_bench.sweep.suite import Suite, load_suite
+
+        given = [name for name, v in (("--resume", resume), ("--shard", shard), ("--overwrite", overwrite or None), ("--dry-run", dry_run or None)) if v]
+        if given:
+            raise OptionError(f"--launcher: not with {', '.join(given)} (a launch makes its own shards; follow it with tosa-bench status DIR)")
+        spec = LaunchSpec(launcher, jobs, partition, gpus_per_job, None, time_min, parse_slurm_options(slurm_option))
+        spec.check()
+        base = load_suite(suite) if suite is not None else Suite()
+        submit(base.with_overrides(**overrides), out_dir, spec)
+        return
+    with stop_on_signals():
+        try:
+            plan = _plan_sweep(suite, out_dir, runs_dir, resume, overwrite, shard, dry_run, overrides)
+        except Stopped as stop:  # before the first point: nothing was recorded
+            say(f"{_stopped_word(stop)} before anything was measured")
+            raise typer.Exit(stop.exit_code) from None
+        if plan is not None:
+            _run(plan, figures=figures)
 
 
-def _print_grid(points: list, suite: Any) -> None:
+def _stopped_word(stop: Any) -> str:
+    """'interrupted' (Ctrl-C) or 'terminated (SIGTERM)'."""
+    return "interrupted" if getattr(stop, "name", "SIGINT") == "SIGINT" else f"terminated ({stop.name})"
+
+
+def _plan_sweep(suite: Optional[Path], out_dir: Optional[Path], runs_dir: Optional[Path], resume: Optional[Path],
+                overwrite: bool, shard: Optional[str], dry_run: bool, overrides: dict[str, Any]) -> Any:
+    """The checked plan of a new or resumed sweep; None after a dry run (printed)."""
+    from tosa_bench.sweep.grid import expand, parse_shard, select_shard
+    from tosa_bench.sweep.session import RUNS_ROOT, check_out_dir, plan_new
+    from tosa_bench.sweep.suite import Suite, load_suite
+
+    if resume is not None:
+        return _plan_resume(suite, out_dir, resume, overwrite, shard, dry_run, overrides)
+    if overwrite and out_dir is None:
+        raise OptionError("--overwrite: give the run directory to replace with --out DIR (a default run directory is always new)")
+    base = load_suite(suite) if suite is not None else Suite()
+    resolved = base.with_overrides(**overrides)
+    shard_spec = parse_shard(shard)
+    if dry_run:
+        if out_dir is not None:
+            check_out_dir(out_dir, overwrite)  # say now that --out would be refused
+        _print_grid(select_shard(expand(resolved), shard_spec), resolved)
+        return None
+    return plan_new(resolved, out_dir, shard_spec, runs_dir or RUNS_ROOT, overwrite=overwrite)
+
+
+def _plan_resume(suite: Optional[Path], out_dir: Optional[Path], resume: Path, overwrite: bool, shard: Optional[str],
+                 dry_run: bool, overrides: dict[str, Any]) -> Any:
+    """--resume: the command's options reconciled with the stored run (:mod:`tosa_bench.sweep.resume`).
+    With ``--out`` naming the same directory and no run there yet, the run is started: so
+    one command line (e.g. a Slurm job that may be requeued) both starts and continues."""
+    from tosa_bench.results.store import RunStore
+    from tosa_bench.sweep.grid import expand, parse_shard, select_shard
+    from tosa_bench.sweep.resume import reconcile
+    from tosa_bench.sweep.session import is_run_dir, plan_new, plan_resume, read_resolved
+    from tosa_bench.sweep.suite import Suite, load_suite
+
+    if overwrite:
+        raise OptionError(f"--overwrite: not with --resume (--resume continues the run in {resume}, --overwrite would replace it)")
+    same_out = out_dir is not None and out_dir.expanduser().resolve() == resume.expanduser().resolve()
+    if same_out and not (resume.is_dir() and is_run_dir(resume)):
+        resolved = (load_suite(suite) if suite is not None else Suite()).with_overrides(**overrides)
+        if dry_run:
+            _print_grid(select_shard(expand(resolved), parse_shard(shard)), resolved)
+            return None
+        say(f"note: {resume} holds no run yet; starting it")
+        return plan_new(resolved, out_dir, parse_shard(shard))
+    store = RunStore.existing(resume)
+    stored, grid, stored_shard, _ = read_resolved(store)
+    given = (load_suite(suite) if suite is not None else stored).with_overrides(**overrides)
+    spec = parse_shard(shard)
+    others = [("--shard", _shard_text(stored_shard), _shard_text(spec) if spec else None),
+              ("--out", str(store.path.resolve()), str(out_dir.expanduser().resolve()) if out_dir is not None else None)]
+    resumed = reconcile(stored, given, resume, others, grid)
+    if dry_run:
+        _print_pending(store, grid, stored_shard, resumed)
+        return None
+    return plan_resume(resume, suite=resumed)
+
+
+def _shard_text(shard: Optional[tuple[int, int]]) -> Optional[str]:
+    return f"{shard[0]}/{shard[1]}" if shard else None
+
+
+def _print_pending(store: Any, grid: list, shard: Optional[tuple[int, int]], suite: Any) -> None:
+    """What ``--resume`` would do now (a dry run: reads only, takes no lock)."""
+    from tosa_bench.sweep import lock
+    from tosa_bench.sweep.grid import select_shard
+    from tosa_bench.sweep.resume import lacks_accuracy, pending
+
+    points = select_shard(grid, shard)
+    todo = pending(points, store, lacks_accuracy(suite))
+    n_acc = sum(prev is not None for _, prev in todo)
+    busy = lock.holder(store.path)
+    if busy is not None:
+        say(f"note: {store.path} is being written now ({lock.describe(busy)}); a resume would be refused until it ends")
+    extra = f", {n_acc} of them ok points that lack their accuracy" if n_acc else ""
+    out.print(f"resume {store.path}: {len(todo)} of {len(points)} points to measure{extra}; "
+              f"{len(points) - len(todo)} already ok (dry run: nothing measured)", highlight=False, markup=False, soft_wrap=True)
+    if todo:
+        _print_grid([gp for gp, _ in todo], suite, title=f"would measure {len(todo)} points of {store.path.name}")
+
+
+def _print_grid(points: list, suite: Any, title: Optional[str] = None) -> None:
+    """The resolved grid, one row per point; columns with one value for every point go
+    into the title, and no cell is cut (words wrap, numbers never split)."""
     from rich.table import Table
 
     from tosa_bench.measure.analytic import analytic_gmacs
+    from tosa_bench.results.tables import _model_name
 
-    t = Table(title=f"grid of {suite.name}: {len(points)} points (nothing measured)")
-    for c in ("hash", "model", "variant", "options", "keeps", "batch", "dtype", "device", "GMACs (formula)"):
-        t.add_column(c)
+    heads = ("hash", "model", "variant", "options", "keeps", "batch", "dtype", "device", "GMACs")
+    rows = []
     for gp in points:
         p = gp.point
         g = analytic_gmacs(p.model, p.variant, p.options, p.img_size)
-        t.add_row(gp.hash, p.model, p.variant, _short(p.options), ",".join(map(str, gp.keeps)) or "-",
-                  str(p.batch_size), p.dtype, p.device, f"{g:.3f}")
-    out.print(t)
+        rows.append((gp.hash, _model_name(p.model), p.variant, _short(p.options), ",".join(map(str, gp.keeps)) or "-",
+                     str(p.batch_size), p.dtype, p.device, f"{g:.3f}"))
+    constant = {i for i in (1, 5, 6, 7) if len({r[i] for r in rows}) == 1 and rows}
+    shown = [i for i in range(len(heads)) if i not in constant]
+    common = ", ".join(f"{heads[i]} {rows[0][i]}" for i in sorted(constant))
+    t = Table(title=(title or f"grid of {suite.name}: {len(points)} points (nothing measured)") + (f"; {common}" if common else ""),
+              caption="GMACs per image from the closed-form formula (no forward pass)")
+    for i in shown:
+        longest_word = max([len(w) for r in rows for w in r[i].split()] + [len(w) for w in heads[i].split()])
+        t.add_column(heads[i], overflow="fold", min_width=longest_word, no_wrap=i in (0, 4, 5, 8))
+    for r in rows:
+        t.add_row(*[r[i] for i in shown])
+    _print_wide(t)
 
 
-def _run(plan: Any) -> None:
+def _run(plan: Any, figures: bool = True) -> None:
     """Measure a planned sweep (:func:`run_plan`); exit 1 when a point is not ok."""
-    summary = run_plan(plan)
+    summary = run_plan(plan, figures=figures)
     failed = {k: v for k, v in summary.status.items() if k != "ok"}
     if failed:
-        err.print("points not ok: " + ", ".join(f"{v} {k}" for k, v in failed.items()) + " (see status/error in records.jsonl)",
-                  highlight=False, markup=False)
+        say("points not ok: " + ", ".join(f"{v} {k}" for k, v in failed.items()) + " (see status/error in records.jsonl)")
         raise typer.Exit(1)
 
 
-def run_plan(plan: Any) -> Any:
+def run_plan(plan: Any, figures: bool = True) -> Any:
     """Measure the points of ``plan`` with a progress bar, rewrite the tables, print the
-    table; returns the runner's summary (Ctrl-C exits 130 with the resume hint)."""
+    table; returns the runner's summary. Ctrl-C exits 130 and SIGTERM 143, both with the
+    resume hint (:mod:`tosa_bench.sweep.interrupt`): the point in flight is dropped, every
+    finished one is in the store."""
     from tosa_bench.results import load_run
     from tosa_bench.results.tables import render
+    from tosa_bench.sweep.interrupt import stop_on_signals
+    from tosa_bench.sweep.resume import lacks_accuracy
     from tosa_bench.sweep.runner import run_points
     from tosa_bench.sweep.session import write_tables
 
@@ -243,50 +374,65 @@ def run_plan(plan: Any) -> Any:
     out.print(f"{'resuming' if plan.resumed else 'sweep'} {plan.run_id}: {len(plan.points)} points{shard} -> {store.path}",
               highlight=False, markup=False)
     try:
-        with _Bar(len(plan.points)) as bar:
-            summary = run_points(plan.points, store, plan.suite.settings(),
-                                 accuracy=plan.accuracy.evaluate if plan.accuracy is not None else None,
-                                 progress=bar, run_id=plan.run_id)
-    except KeyboardInterrupt:
-        err.print(f"interrupted: finished points are in {store.path}; continue with: tosa-bench sweep --resume {store.path}",
-                  highlight=False, markup=False)
-        raise typer.Exit(130) from None
+        with stop_on_signals():
+            with _Bar(len(plan.points)) as bar:
+                summary = run_points(plan.points, store, plan.suite.settings(),
+                                     accuracy=plan.accuracy.evaluate if plan.accuracy is not None else None,
+                                     progress=bar, run_id=plan.run_id, lacks_accuracy=lacks_accuracy(plan.suite))
+            write_tables(store)
+    except KeyboardInterrupt as stop:
+        say(f"{_stopped_word(stop)}: finished points are in {store.path}; continue with: tosa-bench sweep --resume {store.path}")
+        raise typer.Exit(getattr(stop, "exit_code", 130)) from None
     if summary.skipped:
         out.print(f"{summary.skipped} point{'s' if summary.skipped != 1 else ''} already ok, skipped", highlight=False)
-    write_tables(store)
+    if summary.accuracy_added:
+        out.print(f"{summary.accuracy_added} ok point{'s' if summary.accuracy_added != 1 else ''}: accuracy added", highlight=False)
     run = load_run(store.path)
     if run.records:
         _print_wide(render(run, "table"))
+        if figures:
+            from tosa_bench.cli.plot import figures_after_run
+
+            figures_after_run(store.path)
     out.print(f"results: {store.path}", highlight=False, markup=False)
     return summary
 
 
 def _print_wide(renderable: Any) -> None:
-    """Print to the terminal as is; in logs (not a terminal, where rich assumes 80
-    columns) at 160 columns so the table is not squeezed."""
+    """Print at the width of the output: the terminal's, else ``COLUMNS`` when set (a
+    pipe or a log whose reader says how wide), else 160 columns (a log file, read in a
+    wide window). The sweep table lays itself out for that width (no line is longer)."""
+    from rich.console import Console
+
+    Console(file=sys.stdout, width=output_width(), soft_wrap=False).print(renderable)
+
+
+def output_width() -> int:
+    """Columns to print tables at (see :func:`_print_wide`)."""
     if out.is_terminal:
-        out.print(renderable)
-    else:
-        import sys
-
-        from rich.console import Console
-
-        Console(file=sys.stdout, width=160).print(renderable)
+        return out.width
+    try:
+        columns = int(os.environ.get("COLUMNS", ""))
+    except ValueError:
+        columns = 0
+    return columns if columns > 0 else 160
 
 
 @app.command("report")
 @guarded
 def report_command(
-    run_dir: Path = typer.Argument(..., help="A sweep run directory (results/<run-id>)."),
-    fmt: Format = typer.Option(Format.table, "--format", "-f", help="table, md, latex or csv."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to this file instead of stdout."),
+    run_dir: Path = typer.Argument(..., help="A sweep run directory (runs/<run-id>)."),
+    fmt: Format = typer.Option(Format.table, "--format", "-f", help="table (fits the terminal; every column in md/csv), md, latex or csv."),
+    output: Optional[Path] = typer.Option(None, "--out", "-o", help="Write to this file instead of stdout (a table at 160 columns)."),
+    old_output: Optional[Path] = typer.Option(None, "--output", hidden=True, help="Deprecated name of --out."),
 ) -> None:
     """The comparison tables of a run again, from its store alone."""
     from tosa_bench.results import load_run
     from tosa_bench.results.tables import render
 
+    output = deprecated_alias(output, old_output, "--out", "--output")
     if output is not None:
-        check_output_file(output, "--output")  # before reading the run
+        check_output_file(output, "--out")  # before reading the run
     run = load_run(run_dir)
     if run.torn_tail:
         say(f"note: the last line of {run.path}/records.jsonl is incomplete (a killed run) and was skipped")
@@ -297,13 +443,16 @@ def report_command(
         if output is not None:
             from rich.console import Console
 
-            with output_file(output, "--output") as fh:
+            with output_file(output, "--out") as fh:
                 Console(file=fh, width=160).print(result)
         else:
             _print_wide(result)
+            from tosa_bench.cli.plot import list_figures
+
+            list_figures(run.path)
         return
     if output is not None:
-        with output_file(output, "--output") as fh:
+        with output_file(output, "--out") as fh:
             fh.write(result)
     else:
         typer.echo(result, nl=False)
@@ -313,7 +462,7 @@ def report_command(
 @guarded
 def merge_command(
     runs: list[Path] = typer.Argument(..., help="Run directories to join (e.g. the shards of one sweep)."),
-    out_dir: Path = typer.Option(..., "--out", help="New run directory for the merged run."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="New (or empty) run directory for the merged run."),
 ) -> None:
     """Join shard outputs into one run; refuses one configuration with two different results."""
     from tosa_bench.sweep.merge import merge_runs

@@ -16,6 +16,7 @@ class DenseMethod(Method):
     name = DENSE
     display = "Dense"
     order = 0
+    colour, marker = "#000000", "*"  # black star: the reference in every figure
     summary = "the unmodified ViT: every block on every token (the reference)"
     keep_meaning = "ignored (dense keeps every token)"
 

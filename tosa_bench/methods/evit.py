@@ -121,6 +121,7 @@ class EViTMethod(Method):
     name = "evit"
     display = "EViT"
     order = 3
+    colour, marker = "#009E73", "^"  # Okabe-Ito bluish green
     summary = "at a few blocks, keep the patches the CLS token attends to most; fuse the rest into one token"
     keep_meaning = "keep rate at each pruning block (ceil(keep (n - 1)) of the current patches; it compounds)"
     options = (
@@ -182,6 +183,10 @@ class EViTMethod(Method):
         if options.get("fuse") is False:
             parts.append("no fuse")
         return ", ".join(parts)
+
+    def curve_label(self, options: Mapping[str, Any], record: Mapping[str, Any]) -> str:
+        # the setting without its keep: "@ 3,6,9", "@ 3,6,9, no fuse"
+        return self.setting_label(options, record).partition(" ")[2].partition(" ")[2]
 
 
 EVIT = register(EViTMethod())

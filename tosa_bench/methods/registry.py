@@ -17,6 +17,10 @@ What a :class:`Method` declares:
 - :meth:`Method.token_counts`: the tokens every block will see (no forward pass);
 - :meth:`Method.extra_macs`: the MACs of its own modules and computations;
 - :meth:`Method.setting_label`: a short description of one setting for tables;
+- ``colour`` and ``marker``: its look in every figure (one colour and marker per method,
+  the same in every figure); :meth:`Method.curve_label` (what separates two curves of
+  the method in a figure, e.g. ToSA's placement) and :meth:`Method.point_label` (the
+  label of one point on a curve: its keep, or ToMe's r);
 - optionally :meth:`Method.match_gmacs`: a setting at a target cost (``--match gmacs``).
 
 After a forward, every reducer exposes ``last_selection`` (block -> :class:`~.base.BlockSelection`):
@@ -109,6 +113,10 @@ class Method:
     accepts_selector: bool = False
     #: ``--match gmacs`` matches the other methods to this one's cost at each keep
     match_target: bool = False
+    #: look in figures (a matplotlib colour and marker); None: the figures pick a free
+    #: colour of their colour-blind-safe palette from the name, the same every time
+    colour: str | None = None
+    marker: str | None = None
 
     # ------------------------------------------------------------------ building
     def reducer(self, **options: Any) -> "TokenReducer":
@@ -164,6 +172,15 @@ class Method:
     def setting_label(self, options: Mapping[str, Any], record: Mapping[str, Any]) -> str:
         """A short description of one setting for tables ("keep 0.5 @ alternate")."""
         return "-"
+
+    def curve_label(self, options: Mapping[str, Any], record: Mapping[str, Any]) -> str:
+        """What tells two curves of this method apart in a figure whose x axis sweeps
+        the keep ("" when every setting of the method lies on one curve)."""
+        return ""
+
+    def point_label(self, options: Mapping[str, Any], keep: float | None) -> str:
+        """The label of one point on a curve: its grid keep ("0.5"); "" without one."""
+        return f"{keep:g}" if keep is not None else ""
 
     def __repr__(self) -> str:
         return f"<method {self.name}>"

@@ -164,6 +164,7 @@ class ToMeMethod(Method):
     name = "tome"
     display = "ToMe"
     order = 2
+    colour, marker = "#0072B2", "s"  # Okabe-Ito blue
     summary = "bipartite soft matching merges r tokens per block (size-weighted), between attention and MLP"
     keep_meaning = "r = round((1 - keep)(N - 1)/L) tokens merged per block, so about keep of the patches are left at the end"
     options = (
@@ -214,6 +215,14 @@ class ToMeMethod(Method):
         if options.get("prop_attn") is False:
             parts.append("no prop-attn")
         return ", ".join(parts)
+
+    def curve_label(self, options: Mapping[str, Any], record: Mapping[str, Any]) -> str:
+        # the setting without its r: "", "decreasing", "no prop-attn"
+        return self.setting_label(options, record).partition(", ")[2]
+
+    def point_label(self, options: Mapping[str, Any], keep: float | None) -> str:
+        r = options.get("r")
+        return f"r={','.join(map(str, r)) if isinstance(r, list) else r}" if r is not None else super().point_label(options, keep)
 
 
 TOME = register(ToMeMethod())

@@ -343,6 +343,7 @@ class ToSAMethod(Method):
     name = "tosa"
     display = "ToSA"
     order = 1
+    colour, marker = "#D55E00", "o"  # Okabe-Ito vermillion
     summary = "a selector predicts the next block's attention; the top-k tokens run the block, the others bypass it"
     keep_meaning = "share of patch tokens that run each selected block: k = ceil(keep (N - 1)), CLS always runs"
     accepts_selector = True
@@ -421,6 +422,10 @@ class ToSAMethod(Method):
             parts.append("trained selectors")
         return ", ".join(parts)
 
+    def curve_label(self, options: Mapping[str, Any], record: Mapping[str, Any]) -> str:
+        # the setting without its keep: "alternate", "second-half, importance cls"
+        return self.setting_label(options, record).split(" @ ", 1)[-1]
+
     @staticmethod
     def _place(options: Mapping[str, Any], record: Mapping[str, Any]) -> str:
         p = options.get("placement", "default")
@@ -433,6 +438,7 @@ class RandomMethod(ToSAMethod):
     name = "random"
     display = "Random (control)"
     order = 4
+    colour, marker = "#E69F00", "D"  # Okabe-Ito orange
     summary = "ToSA's bypass mechanism with tokens drawn uniformly at random (the control)"
     accepts_selector = False
     match_target = False
