@@ -136,3 +136,27 @@ def test_importance_rule_reaches_tosa_points_only(tmp_path):
     path.write_text('[grid]\nimportance = "max"\n')
     with pytest.raises(SuiteError, match="grid.importance"):
         load_suite(path)
+
+
+def test_fuse_and_workers_follow_the_one_vocabulary(tmp_path):
+    """--fuse/--no-fuse (and [grid] fuse) reach EViT's options; the workers default is the
+    CPU-count rule every command uses, a suite's own value wins."""
+    from tosa_bench.data.loader import default_workers
+    from tosa_bench.sweep.grid import expand
+    from tosa_bench.sweep.inputs import validate_inputs
+    from tosa_bench.sweep.suite import Suite, load_suite
+
+    base = Suite().with_overrides(models=("test_tiny",), variants=("evit",), devices=("cpu",))
+    assert [gp.point.options.get("fuse") for gp in expand(base)] == [True]
+    assert [gp.point.options.get("fuse") for gp in expand(base.with_overrides(fuse=False))] == [False]
+    path = tmp_path / "s.toml"
+    path.write_text('[grid]\nmodels = ["test_tiny"]\nvariants = ["evit"]\nfuse = false\n')
+    assert [gp.point.options.get("fuse") for gp in expand(load_suite(path))] == [False]
+    shapes = tmp_path / "shapes"
+    from tosa_bench.data.synthetic import make_dataset
+
+    make_dataset("shapes", shapes, n=10, size=32)
+    plan = validate_inputs(base.with_overrides(imagenet=str(shapes)), expand(base))
+    assert plan.num_workers == default_workers()
+    plan = validate_inputs(base.with_overrides(imagenet=str(shapes), num_workers=0), expand(base))
+    assert plan.num_workers == 0

@@ -355,11 +355,11 @@ def parse_size(text: str, option: str = "--img-size", *, square: bool = False) -
 
 
 def default_workers() -> int:
-    """DataLoader workers when none are given: one per CPU core beyond the first, at most
-    8 (0 = load in the main process on a single core). Never more than there are cores,
-    so PyTorch has nothing to warn about."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(0, min(8, cores - 1))
+    """DataLoader workers when none are given (:func:`tosa_bench.data.loader.default_workers`:
+    CPU cores - 1, at most 8); imported lazily so that --help does not import torch."""
+    from tosa_bench.data.loader import default_workers as rule
+
+    return rule()
 
 
 #: the one default batch size rule of every command: 8 images on a CPU, 64 on CUDA

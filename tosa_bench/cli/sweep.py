@@ -167,6 +167,7 @@ def sweep_command(
     depth_checkpoint: Optional[list[str]] = typer.Option(None, "--depth-checkpoint", help="Depth model weights (with --nyu): PATH or MODEL=PATH."),
     match: Optional[Match] = typer.Option(None, "--match", help="gmacs: ToMe/EViT at ToSA's GMACs (see above)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the random control."),
+    fuse: Optional[bool] = typer.Option(None, "--fuse/--no-fuse", help="EViT: fuse the dropped tokens into one (--no-fuse drops them)."),
     importance: Optional[str] = typer.Option(None, "--importance", help="ToSA importance rule: mean (attention received, over heads and queries; default) or cls (from the CLS query; needs only the CLS row of the maps)."),
     imagenet: Optional[Path] = typer.Option(None, "--imagenet", help="ImageNet-val folder: adds top1/top5 per point."),
     nyu: Optional[Path] = typer.Option(None, "--nyu", help="NYU Depth v2 (.mat, folder or BTS list): depth metrics per point."),
@@ -198,7 +199,7 @@ def sweep_command(
     overrides = dict(
         models=_tuple(model), variants=_tuple(variant), keeps=_tuple(keep), placements=_tuple(placement),
         tome_r=_tuple(tome_r), evit_locations=_tuple(evit_loc), batch_size=_tuple(batch_size), dtypes=_tuple(dtype),
-        devices=_tuple(device), img_size=img_size, match=match.value if match else None, seed=seed, importance=importance,
+        devices=_tuple(device), img_size=img_size, match=match.value if match else None, seed=seed, importance=importance, fuse=fuse,
         checkpoint=weights_table(checkpoint, "--checkpoint"), selector=weights_table(selector, "--selector"),
         depth_checkpoint=weights_table(depth_checkpoint, "--depth-checkpoint"),
         imagenet=str(imagenet) if imagenet else None, nyu=str(nyu) if nyu else None, limit=limit,

@@ -15,7 +15,17 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from tosa_bench.errors import OptionError
 
-__all__ = ["make_loader"]
+__all__ = ["make_loader", "default_workers"]
+
+
+def default_workers() -> int:
+    """DataLoader workers when none are given: one per CPU core beyond the first, at most
+    8 (0 = load in the main process on a single core). Never more than there are cores,
+    so PyTorch has nothing to warn about."""
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(8, cores - 1))
 
 
 def make_loader(

@@ -85,7 +85,7 @@ def weights_for(table: dict[str, str], model: str) -> str | None:
 def knobs_of(suite: Suite) -> Knobs:
     """The method settings of ``suite`` that the registry's methods read."""
     return Knobs(placements=tuple(suite.placements), importance=suite.importance, seed=suite.seed,
-                 tome_r=tuple(suite.tome_r), evit_locations=tuple(suite.evit_locations))
+                 tome_r=tuple(suite.tome_r), evit_locations=tuple(suite.evit_locations), fuse=suite.fuse)
 
 
 def _devices(suite: Suite) -> list[str]:

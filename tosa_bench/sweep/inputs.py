@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from tosa_bench.data.loader import default_workers
 from tosa_bench.errors import DatasetError, OptionError
 from tosa_bench.sweep.accuracy import AccuracyPlan
 from tosa_bench.sweep.grid import GridPoint, weights_for
@@ -89,7 +90,7 @@ def validate_inputs(suite: Suite, points: Sequence[GridPoint]) -> AccuracyPlan:
         load_method_weights(net, selectors[p.selector], source=f"selector weights {p.selector}")
     selectors.clear()
 
-    plan = AccuracyPlan(limit=suite.limit, eval_batch_size=suite.eval_batch_size, num_workers=suite.num_workers,
+    plan = AccuracyPlan(limit=suite.limit, eval_batch_size=suite.eval_batch_size, num_workers=suite.num_workers if suite.num_workers is not None else default_workers(),
                         depth_input=suite.depth_input)
     if suite.imagenet is not None:
         from tosa_bench.data.imagenet import Unreadable, build_imagenet

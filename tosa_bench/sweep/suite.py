@@ -22,6 +22,7 @@ which are the default run ``tosa-bench sweep``, also shipped as ``suites/quick.t
     match = "none"              # "gmacs": ToMe/EViT at ToSA's GMACs (match.py)
     seed = 0                    # seed of the random control
     importance = "mean"         # ToSA importance rule: "mean" (heads and queries) or "cls"
+    fuse = true                 # EViT: fuse the dropped tokens into one (false: drop them)
     compile = false             # torch.compile the measured model
 
     [weights]                   # a path for every model, or a table model -> path
@@ -34,7 +35,7 @@ which are the default run ``tosa-bench sweep``, also shipped as ``suites/quick.t
     nyu = "/data/nyu"           # NYU .mat / folder / BTS list -> depth metrics per point
     limit = 500                 # evaluate the first N (class-balanced for ImageNet)
     eval_batch_size = 64        # default: the point's batch size
-    num_workers = 0
+    num_workers = 1             # DataLoader workers (default: CPU cores - 1, at most 8)
     depth_input = [480, 640]    # model input (h, w) for depth; default: GT size rounded
 
     [measure]                   # how to measure (Settings), not part of a point's identity
@@ -104,6 +105,7 @@ class Suite:
     match: str = "none"
     seed: int = 0
     importance: str = "mean"
+    fuse: bool = True
     compile: bool = False
     # weights: model name or "*" (every model) -> path
     checkpoint: Mapping[str, str] = field(default_factory=dict)
@@ -114,7 +116,7 @@ class Suite:
     nyu: str | None = None
     limit: int | None = None
     eval_batch_size: int | None = None
-    num_workers: int = 0
+    num_workers: int | None = None  # None: data.loader.default_workers() (CPU cores - 1, at most 8)
     depth_input: tuple[int, int] | None = None
     # measure
     timing: bool = True
@@ -162,7 +164,7 @@ _FIELD_NAMES = {f.name for f in fields(Suite)}
 SCHEMA: dict[str, tuple[str, ...]] = {
     "suite": ("name", "description", "points"),
     "grid": ("models", "variants", "keeps", "placements", "tome_r", "evit_locations", "batch_size",
-             "dtypes", "devices", "img_size", "match", "seed", "importance", "compile"),
+             "dtypes", "devices", "img_size", "match", "seed", "importance", "fuse", "compile"),
     "weights": ("checkpoint", "selector", "depth_checkpoint"),
     "data": ("imagenet", "nyu", "limit", "eval_batch_size", "num_workers", "depth_input"),
     "measure": ("timing", "latency", "memory", "warmup", "repeats", "time_budget_s", "pair_min_rounds", "pair_budget_s",
@@ -364,7 +366,7 @@ def from_dict(doc: Mapping[str, Any], source: str = "suite", base_dir: Path | No
             out[key] = _int(ctx, name, v, 0)
         elif key in ("repeats", "limit", "eval_batch_size"):
             out[key] = _int(ctx, name, v, 1 if key != "limit" else 0)
-        elif key in ("compile", "timing", "latency", "memory"):
+        elif key in ("compile", "fuse", "timing", "latency", "memory"):
             out[key] = _bool(ctx, name, v)
         elif key in ("checkpoint", "selector", "depth_checkpoint"):
             out[key] = _paths_by_model(ctx, name, v)
