@@ -217,6 +217,7 @@ def test_bad_input_is_refused_before_training(shapes, tmp_path, extra, needle):
     res = runner.invoke(app, [*args, *extra])
     assert res.exit_code == 2, res.output
     assert needle in res.output and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1, res.output  # one line: no warning before the error
     assert not (out / "metrics.jsonl").exists()
 
 

@@ -163,21 +163,25 @@ def _common(kind: str, out_dir: Optional[Path], resume: bool, overwrite: bool, d
     return config, out_dir
 
 
-def _run(kind: str, task_builder, config, out_dir: Path, resume: bool, overwrite: bool, extra: dict[str, Any]) -> None:
+def _run(kind: str, task_builder, config, out_dir: Path, resume: bool, overwrite: bool, extra: dict[str, Any],
+         warning: Optional[str] = None) -> None:
     """Train here, or (``train --launcher ...``) check the inputs here and submit the
-    training as a job (:mod:`tosa_bench.train.launch`) that runs :func:`run_training`."""
+    training as a job (:mod:`tosa_bench.train.launch`) that runs :func:`run_training`.
+    ``warning`` (e.g. random weights) is printed once the inputs have passed their checks."""
     spec = _LAUNCH["spec"]
     if spec is not None:
         from tosa_bench.train.launch import submit_training
 
         _check(kind, config, out_dir, resume, extra)
         task_builder()  # bad data, weights or options are refused now, not in the job
+        if warning:
+            say(warning, prefix="warning:", style="yellow")
         job, logs = submit_training(functools.partial(run_training, kind, task_builder, config, out_dir.resolve(),
                                                       overwrite=overwrite, extra=extra), resume, spec, out_dir)
         out.print(f"submitted {spec.launcher} job {job.job_id}: train {kind} on {spec.nodes} node(s) x {spec.tasks} process(es); "
                   f"logs: {logs}; results: {out_dir}", highlight=False, markup=False, soft_wrap=True)
         return
-    run_training(kind, task_builder, config, out_dir, resume, overwrite=overwrite, extra=extra)
+    run_training(kind, task_builder, config, out_dir, resume, overwrite=overwrite, extra=extra, warning=warning)
 
 
 def _check(kind: str, config: Any, out_dir: Path, resume: bool, extra: dict[str, Any]) -> None:
@@ -187,12 +191,15 @@ def _check(kind: str, config: Any, out_dir: Path, resume: bool, extra: dict[str,
         _check_resume(out_dir, {k: v for k, v in {"kind": kind, **asdict(config), **extra}.items() if k not in ("device",)})
 
 
-def run_training(kind: str, task_builder, config, out_dir: Path, resume: bool, *, overwrite: bool, extra: dict[str, Any]) -> None:
+def run_training(kind: str, task_builder, config, out_dir: Path, resume: bool, *, overwrite: bool, extra: dict[str, Any],
+                 warning: Optional[str] = None) -> None:
     """The training itself (every process of a torchrun or launched job runs it)."""
     from tosa_bench.train.loop import prepare_out_dir, train
 
     _check(kind, config, out_dir, resume, extra)
     task = task_builder()  # model, weights and data are read (and checked) here, before any file is written
+    if warning and _is_main():
+        say(warning, prefix="warning:", style="yellow")
     if _is_main():
         prepare_out_dir(out_dir, resume=resume, overwrite=overwrite)
     with Progress(_is_main()) as progress:
@@ -269,9 +276,8 @@ def selector_command(
         meta = {"data": str(data), "loss": loss, "teacher": str(checkpoint) if checkpoint else "random weights"}
         return SelectorTask(net, dataset, keeps, loss, torch.device(config.device), meta)
 
-    if checkpoint is None and _is_main():
-        say("no --checkpoint: the teacher has random weights; the selectors learn its (meaningless) attention", prefix="warning:", style="yellow")
-    _run("selector", build, config, out_dir, resume, overwrite, extra)
+    _run("selector", build, config, out_dir, resume, overwrite, extra,
+         warning=None if checkpoint else "no --checkpoint: the teacher has random weights; the selectors learn its (meaningless) attention")
 
 
 @train_app.command("classifier")
@@ -375,9 +381,8 @@ def finetune_command(
                 "start": str(checkpoint) if checkpoint else "random weights"}
         return ClassifierTask(net, dataset, meta, teacher=teacher, distill=distill)
 
-    if checkpoint is None and _is_main():
-        say("no --checkpoint: fine-tuning starts from random weights", prefix="warning:", style="yellow")
-    _run("finetune", build, config, out_dir, resume, overwrite, extra)
+    _run("finetune", build, config, out_dir, resume, overwrite, extra,
+         warning=None if checkpoint else "no --checkpoint: fine-tuning starts from random weights")
 
 
 @train_app.command("depth")
@@ -459,6 +464,5 @@ def depth_command(
         meta = {"model": model, "variant": variant, "data": str(nyu)}
         return DepthTask(net, dataset, size, train_backbone, meta, teacher=teacher, distill=distill)
 
-    if checkpoint is None and _is_main():
-        say("no --checkpoint: the backbone has random weights", prefix="warning:", style="yellow")
-    _run("depth", build, config, out_dir, resume, overwrite, extra)
+    _run("depth", build, config, out_dir, resume, overwrite, extra,
+         warning=None if checkpoint or depth_checkpoint else "no --checkpoint: the backbone has random weights")
