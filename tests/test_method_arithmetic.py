@@ -142,3 +142,17 @@ def test_tome_match_searches_r_0_to_half_and_breaks_ties_to_the_smaller_r():
     assert _match("tome", 0.5, 99.0, lambda o: o["r"]) == [({"r": 8}, 8)]
     assert _match("tome", 0.5, 0.0, lambda o: 0.0 if o["r"] in (3, 4, 5) else 1.0) == [({"r": 3}, 0.0)]
     assert _match("tome", 0.5, 4.4, lambda o: o["r"]) == [({"r": 4}, 4)]
+
+
+def test_bipartite_matching_clips_r_by_its_own_cls_rule():
+    """Without a protected CLS every token may merge: 6 tokens allow r = 3 (3 pairs), with
+    CLS protected only 2; r beyond that is clipped, and every token keeps a target."""
+    import torch
+
+    from tosa_bench.methods.tome import bipartite_matching
+
+    metric = torch.randn(1, 6, 4, generator=torch.Generator().manual_seed(0))
+    index, n_out = bipartite_matching(metric, r=10, protect_cls=False)
+    assert n_out == 3 and int(index.max()) == 2 and len(set(index[0].tolist())) == 3
+    index, n_out = bipartite_matching(metric, r=10, protect_cls=True)
+    assert n_out == 4 and int(index[0, 0]) == 0  # CLS kept in place
