@@ -89,10 +89,10 @@ def plot_command(
     fmt: Annotated[str, typer.Option("--format", help="pdf, png, svg (comma-separated).")] = "pdf,png",
     out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Where the figures go (default RUN_DIR/figures for one run; required for several).")] = None,
 ) -> None:
-    from tosa_bench.results.figures import X_AXES, Y_AXES, is_training_run, parse_axes, parse_formats, plot_runs, plot_training
+    from tosa_bench.results.figures import X_AXES, Y_AXES, is_training_run, parse_choices, parse_formats, plot_runs, plot_training
 
     formats = parse_formats(fmt)
-    xs, ys = parse_axes(x, X_AXES, "--x"), parse_axes(y, Y_AXES, "--y")
+    xs, ys = parse_choices(x, X_AXES, "--x"), parse_choices(y, Y_AXES, "--y")
     if out_dir is None:
         if len(run_dirs) > 1:
             raise OptionError("plot: several runs are overlaid into one set of figures; say where with --out DIR")

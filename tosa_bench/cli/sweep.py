@@ -216,7 +216,8 @@ def sweep_command(
             return
     if launcher is not None:
         from tosa_bench.cli.launch import submit
-        from tosa_bench.sweep.launch import LaunchSpec, parse_slurm_options
+        from tosa_bench.cluster import parse_slurm_options
+        from tosa_bench.sweep.launch import LaunchSpec
         from tosa_bench.sweep.suite import Suite, load_suite
 
         given = [name for name, v in (("--resume", resume), ("--shard", shard), ("--overwrite", overwrite or None), ("--dry-run", dry_run or None)) if v]
@@ -366,9 +367,7 @@ def run_plan(plan: Any, figures: bool = True) -> Any:
     from tosa_bench.results import load_run
     from tosa_bench.results.tables import render
     from tosa_bench.sweep.interrupt import stop_on_signals
-    from tosa_bench.sweep.resume import lacks_accuracy
-    from tosa_bench.sweep.runner import run_points
-    from tosa_bench.sweep.session import write_tables
+    from tosa_bench.sweep.session import measure_plan
 
     store = plan.store
     shard = f" (shard {plan.shard[0]}/{plan.shard[1]} of {len(plan.grid)})" if plan.shard else ""
@@ -377,10 +376,7 @@ def run_plan(plan: Any, figures: bool = True) -> Any:
     try:
         with stop_on_signals():
             with _Bar(len(plan.points)) as bar:
-                summary = run_points(plan.points, store, plan.suite.settings(),
-                                     accuracy=plan.accuracy.evaluate if plan.accuracy is not None else None,
-                                     progress=bar, run_id=plan.run_id, lacks_accuracy=lacks_accuracy(plan.suite))
-            write_tables(store)
+                summary = measure_plan(plan, progress=bar)
     except KeyboardInterrupt as stop:
         say(f"{_stopped_word(stop)}: finished points are in {store.path}; continue with: tosa-bench sweep --resume {store.path}")
         raise typer.Exit(getattr(stop, "exit_code", 130)) from None

@@ -22,6 +22,7 @@ import typer
 from tosa_bench.cli.common import (CHECKPOINT_HELP, IMPORTANCE_HELP, PLACEMENT_HELP, WORKERS_HELP, DType, app,
                                    check_output_dir, default_batch_size, default_workers, guarded, out, say)
 from tosa_bench.errors import OptionError, RunStateError
+from tosa_bench.methods import registry
 
 train_app = typer.Typer(help="Train ToSA's selectors (distilled from the dense model), fine-tune a token-reduced model, "
                              "train the depth head, or a small ViT classifier. With --launcher, the command runs as a "
@@ -168,7 +169,7 @@ def _run(kind: str, task_builder, config, out_dir: Path, resume: bool, overwrite
     """Train here, or (``train --launcher ...``) check the inputs here and submit the
     training as a job (:mod:`tosa_bench.train.launch`) that runs :func:`run_training`.
     ``warning`` (e.g. random weights) is printed once the inputs have passed their checks."""
-    spec = _LAUNCH["spec"]
+    spec, _LAUNCH["spec"] = _LAUNCH["spec"], None  # taken once: a later command in this process runs here
     if spec is not None:
         from tosa_bench.train.launch import submit_training
 
@@ -212,6 +213,15 @@ def run_training(kind: str, task_builder, config, out_dir: Path, resume: bool, *
             say(f"{unreadable} unreadable images were skipped (counted per epoch)", prefix="note:")
         out.print(f"{kind}: {result.exported} (metrics per epoch: {out_dir / 'metrics.jsonl'}; "
                   f"figures: tosa-bench plot {out_dir})", highlight=False, markup=False, soft_wrap=True)
+
+
+def _selector_method() -> str:
+    """The registered method whose selectors ``train selector`` distils (the one that
+    takes ``--selector`` files: ToSA)."""
+    takers = [n for n in registry.names() if registry.get(n).accepts_selector]
+    if len(takers) != 1:
+        raise OptionError(f"train selector: expected one method that takes selector weights, found {', '.join(takers) or 'none'}")
+    return takers[0]
 
 
 def _dataset(data: Path, img_size: int, limit: Optional[int], classes: Optional[int]):
@@ -271,7 +281,7 @@ def selector_command(
         import torch
 
         torch.manual_seed(seed)  # weights not from a file (a random teacher, extra selector channels) follow the seed
-        net = build_model(model, "tosa", checkpoint=checkpoint, img_size=img_size, keep=keeps[0], placement=placement, importance=importance)
+        net = build_model(model, _selector_method(), checkpoint=checkpoint, img_size=img_size, keep=keeps[0], placement=placement, importance=importance)
         dataset = _dataset(data, net.cfg.img_size, limit, None)
         meta = {"data": str(data), "loss": loss, "teacher": str(checkpoint) if checkpoint else "random weights"}
         return SelectorTask(net, dataset, keeps, loss, torch.device(config.device), meta)
@@ -319,7 +329,7 @@ def classifier_command(
         import torch
 
         torch.manual_seed(seed)  # the initial weights come from the seed too
-        net = build_model(model, "dense").train()
+        net = build_model(model, registry.DENSE).train()
         return ClassifierTask(net, dataset, {"model": model, "data": str(data), "classes": ",".join(dataset.classes)})
 
     _run("classifier", build, config, out_dir, resume, overwrite, extra)
@@ -456,7 +466,7 @@ def depth_command(
         if depth_checkpoint is not None:
             net = depth_model(backbone, depth_checkpoint).train()
             if distill > 0:
-                teacher = depth_model(build_model(model, "dense", checkpoint=checkpoint), depth_checkpoint).to(config.device).eval()
+                teacher = depth_model(build_model(model, registry.DENSE, checkpoint=checkpoint), depth_checkpoint).to(config.device).eval()
                 for p in teacher.parameters():
                     p.requires_grad_(False)
         else:

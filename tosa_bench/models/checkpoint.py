@@ -51,6 +51,22 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
 _LAST_READ: list = []  # [key, state] of the last file read
 
 
+def write_safetensors(path: str | Path, tensors: dict[str, Tensor], metadata: dict[str, object] | None = None) -> Path:
+    """Write ``tensors`` (moved to the CPU, contiguous) and string ``metadata`` as
+    safetensors at ``path`` through a temporary file renamed into place: a killed run
+    never leaves a half-written weights file where a reader would take it."""
+    import os
+
+    from safetensors.torch import save_file
+
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.tmp")
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
+              metadata={k: str(v) for k, v in (metadata or {}).items()})
+    os.replace(tmp, target)
+    return target
+
+
 def _read(path: Path) -> dict[str, Tensor]:
     try:
         if path.suffix == ".safetensors":

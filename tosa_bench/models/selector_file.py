@@ -34,16 +34,10 @@ def selector_metadata(model: nn.Module) -> dict[str, str]:
 
 def save_selectors(path: str | Path, model: nn.Module, extra: dict[str, Any] | None = None) -> None:
     """Write ``model``'s selectors and their metadata to ``path`` (temp file + rename)."""
-    import os
+    from tosa_bench.models.checkpoint import write_safetensors
 
-    from safetensors.torch import save_file
-
-    tensors = {PREFIX + k: v.detach().cpu().contiguous() for k, v in model.reducer.state_dict().items()}
-    meta = {**{k: str(v) for k, v in (extra or {}).items()}, **selector_metadata(model)}
-    target = Path(path)
-    tmp = target.with_name("." + target.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, target)
+    write_safetensors(path, {PREFIX + k: v for k, v in model.reducer.state_dict().items()},
+                      {**(extra or {}), **selector_metadata(model)})
 
 
 def read_selector_metadata(path: str | Path) -> dict[str, str]:

@@ -505,26 +505,22 @@ class FigureReport:
     notes: list[str] = field(default_factory=list)
 
 
-def parse_formats(text: str | Sequence[str] | None) -> tuple[str, ...]:
-    """"pdf,png" -> ("pdf", "png"); OptionError naming the allowed formats."""
-    if text is None:
-        return DEFAULT_FORMATS
-    items = [t.strip().lower() for part in ([text] if isinstance(text, str) else text) for t in part.split(",") if t.strip()]
-    bad = [t for t in items if t not in FORMATS]
-    if bad or not items:
-        raise OptionError(f"--format: expected some of {', '.join(FORMATS)} (comma-separated), got {','.join(bad) or 'nothing'}")
-    return tuple(dict.fromkeys(items))
-
-
-def parse_axes(text: str | Sequence[str] | None, allowed: dict[str, Any], option: str) -> tuple[str, ...] | None:
-    """"gmacs,throughput" -> ("gmacs", "throughput"); None for None."""
+def parse_choices(text: str | Sequence[str] | None, allowed: Iterable[str], option: str) -> tuple[str, ...] | None:
+    """"gmacs,throughput" -> ("gmacs", "throughput") (comma-separated and/or repeated,
+    duplicates dropped); None for None; OptionError naming ``option`` and what is allowed."""
     if text is None:
         return None
+    allowed = tuple(allowed)
     items = [t.strip().lower() for part in ([text] if isinstance(text, str) else text) for t in part.split(",") if t.strip()]
     bad = [t for t in items if t not in allowed]
     if bad or not items:
-        raise OptionError(f"{option}: expected some of {', '.join(allowed)}, got {','.join(bad) or 'nothing'}")
+        raise OptionError(f"{option}: expected some of {', '.join(allowed)} (comma-separated), got {','.join(bad) or 'nothing'}")
     return tuple(dict.fromkeys(items))
+
+
+def parse_formats(text: str | Sequence[str] | None) -> tuple[str, ...]:
+    """``--format``: "pdf,png" -> ("pdf", "png"); the defaults for None."""
+    return parse_choices(text, FORMATS, "--format") or DEFAULT_FORMATS
 
 
 def metadata(fmt: str, title: str, caption: str) -> dict[str, str]:
@@ -545,16 +541,18 @@ def save(drawn: Drawn, out_dir: Path, stem: str, formats: Sequence[str], caption
 
     text = ". ".join(t.strip().rstrip(".") for t in (caption, drawn.caption) if t.strip()) + "."
     _caption(drawn.figure, text)
-    written = []
     with rc_context(RC):
-        for fmt in formats:
-            path = out_dir / f"{stem}.{fmt}"
-            tmp = out_dir / f".{stem}.{fmt}.tmp"
-            drawn.figure.savefig(tmp, format=fmt, bbox_inches="tight", pad_inches=0.03,
-                                 metadata=metadata(fmt, drawn.title, text))
-            os.replace(tmp, path)
-            written.append(path)
-    return written
+        return [write_figure(drawn.figure, out_dir / f"{stem}.{fmt}", metadata(fmt, drawn.title, text),
+                             bbox_inches="tight", pad_inches=0.03) for fmt in formats]
+
+
+def write_figure(fig: "Figure", path: Path, meta: dict[str, str], **savefig: Any) -> Path:
+    """Save ``fig`` to ``path`` (format from the suffix) through a temporary file renamed
+    into place, so a killed run leaves no half-written figure."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format=path.suffix.lstrip("."), metadata=meta, **savefig)
+    os.replace(tmp, path)
+    return path
 
 
 def _draw(builder: Callable[[], Drawn]) -> Drawn:

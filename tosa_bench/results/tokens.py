@@ -20,7 +20,6 @@ centre crop), without the normalisation.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -51,9 +50,9 @@ def _load_image(path: Path, img_size: int) -> tuple[np.ndarray, "Any"]:
             rgb = im.convert("RGB")
     except (UnidentifiedImageError, OSError) as exc:
         raise DatasetError(f"image {path}: not a readable image ({type(exc).__name__})") from None
-    crop = transforms.Compose([transforms.Resize(int(img_size / 0.875), interpolation=transforms.InterpolationMode.BICUBIC),
-                               transforms.CenterCrop(img_size)])(rgb)
-    return np.asarray(crop), eval_transform(img_size)(rgb)
+    evaluation = eval_transform(img_size)
+    crop = transforms.Compose(evaluation.transforms[:2])(rgb)  # its resize and centre crop, before the tensor steps
+    return np.asarray(crop), evaluation(rgb)
 
 
 def selections(model: "nn.Module", batch: "Any") -> dict[int, tuple[str, np.ndarray]]:
@@ -144,7 +143,7 @@ def token_pictures(
 
     from tosa_bench.build import build_model
     from tosa_bench.models.configs import get_config
-    from tosa_bench.results.figures import RC
+    from tosa_bench.results.figures import RC, write_figure
 
     if registry.is_dense(variant):
         raise OptionError("show-tokens: dense runs every block on every token; pick a variant that reduces tokens "
@@ -170,9 +169,6 @@ def token_pictures(
             fig = draw(crop, masks, cfg.grid, f"{Path(path).name}: {method.display} {title_setting} ({model_name}, {weights})")
             stem = f"tokens-{Path(path).stem}-{variant}"
             for fmt in formats:
-                target = out / f"{stem}.{fmt}"
-                tmp = out / f".{stem}.{fmt}.tmp"
-                fig.savefig(tmp, format=fmt, dpi=200, metadata={"Title": f"{method.display} token selection of {Path(path).name}"})
-                os.replace(tmp, target)
-                written.append(target)
+                written.append(write_figure(fig, out / f"{stem}.{fmt}", {"Title": f"{method.display} token selection of {Path(path).name}"},
+                                            dpi=200))
     return written

@@ -33,16 +33,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from tosa_bench import cluster
 from tosa_bench.errors import OptionError, RunStateError
 from tosa_bench.results.store import RunStore, write_atomic
 from tosa_bench.sweep.suite import Suite
 
 LAUNCH_FILE = "launch.json"
 FORMAT = "tosa-bench-launch/1"
-LAUNCHERS = ("slurm", "local")
-INSTALL_HINT = "pip install 'tosa-bench[cluster]' (or: pip install submitit)"
-#: seconds before the time limit at which Slurm sends USR2 (submitit's signal_delay_s)
-SIGNAL_DELAY_S = 120
 
 
 @dataclass
@@ -60,8 +57,8 @@ class LaunchSpec:
     slurm_options: dict[str, str] = field(default_factory=dict)
 
     def check(self) -> None:
-        if self.launcher not in LAUNCHERS:
-            raise OptionError(f"--launcher: expected one of {', '.join(LAUNCHERS)}, got {self.launcher!r}")
+        if self.launcher not in cluster.LAUNCHERS:
+            raise OptionError(f"--launcher: expected one of {', '.join(cluster.LAUNCHERS)}, got {self.launcher!r}")
         if self.jobs < 1:
             raise OptionError(f"--jobs: expected an integer >= 1, got {self.jobs}")
         if self.gpus_per_job < 0:
@@ -70,47 +67,11 @@ class LaunchSpec:
             raise OptionError(f"--time: expected minutes >= 1, got {self.time_min}")
 
 
-def parse_slurm_options(items: list[str] | None) -> dict[str, str]:
-    """["account=abc", "qos=high"] -> {"account": "abc", "qos": "high"} (OptionError
-    naming the first one without '=')."""
-    out: dict[str, str] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise OptionError(f"--slurm-option {item!r}: expected KEY=VALUE, e.g. account=myproject")
-        out[key.strip().lstrip("-")] = value.strip()
-    return out
-
-
-def _submitit() -> Any:
-    try:
-        import submitit
-    except ImportError:
-        raise OptionError(f"--launcher needs submitit, which is not installed: {INSTALL_HINT}") from None
-    return submitit
-
-
 def make_executor(spec: LaunchSpec, folder: Path) -> Any:
-    """The submitit executor of ``spec`` with its parameters set (no job submitted)."""
-    submitit = _submitit()
-    if spec.launcher == "local":
-        ex = submitit.LocalExecutor(folder=str(folder))
-        ex.update_parameters(timeout_min=spec.time_min, gpus_per_node=spec.gpus_per_job, signal_delay_s=SIGNAL_DELAY_S)
-        return ex
-    if shutil.which("sbatch") is None or shutil.which("srun") is None:
-        raise OptionError("--launcher slurm: no Slurm on this machine (sbatch/srun not found); run it on a cluster's login node, "
-                          "or use --launcher local here")
-    ex = submitit.SlurmExecutor(folder=str(folder))
-    params: dict[str, Any] = {"time": spec.time_min, "gpus_per_node": spec.gpus_per_job, "ntasks_per_node": 1, "nodes": 1,
-                              "array_parallelism": spec.jobs, "signal_delay_s": SIGNAL_DELAY_S, "job_name": "tosa-bench-sweep"}
-    if spec.partition:
-        params["partition"] = spec.partition
-    if spec.cpus_per_job:
-        params["cpus_per_task"] = spec.cpus_per_job
-    if spec.slurm_options:
-        params["additional_parameters"] = dict(spec.slurm_options)
-    ex.update_parameters(**params)
-    return ex
+    """The submitit executor of ``spec`` (one job per shard, an array on Slurm)."""
+    return cluster.make_executor(spec.launcher, folder, time_min=spec.time_min, gpus_per_node=spec.gpus_per_job,
+                                 job_name="tosa-bench-sweep", partition=spec.partition, cpus_per_task=spec.cpus_per_job,
+                                 array_parallelism=spec.jobs, slurm_options=spec.slurm_options)
 
 
 class ShardJob:
@@ -134,21 +95,16 @@ class ShardJob:
 
     def _run(self) -> dict[str, Any]:
         from tosa_bench.sweep.interrupt import stop_on_signals
-        from tosa_bench.sweep.resume import lacks_accuracy
-        from tosa_bench.sweep.runner import run_points
-        from tosa_bench.sweep.session import is_run_dir, plan_new, plan_resume, write_tables
+        from tosa_bench.sweep.session import is_run_dir, measure_plan, plan_new, plan_resume
 
         path = Path(self.out)
         with stop_on_signals(extra=(signal.SIGUSR2,)):
             plan = plan_resume(path) if path.is_dir() and is_run_dir(path) else plan_new(self.suite, path, self.shard)
-            summary = run_points(plan.points, plan.store, plan.suite.settings(),
-                                 accuracy=plan.accuracy.evaluate if plan.accuracy is not None else None,
-                                 run_id=plan.run_id, lacks_accuracy=lacks_accuracy(plan.suite))
-            write_tables(plan.store)
+            summary = measure_plan(plan)
         return {"shard": list(self.shard), "status": dict(summary.status), "skipped": summary.skipped}
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
-        submitit = _submitit()
+        submitit = cluster.submitit_module()
         return submitit.helpers.DelayedSubmission(ShardJob(self.suite, self.out, self.shard))
 
 

@@ -349,3 +349,17 @@ def write_tables(store: RunStore) -> None:
         return
     store.write_text("table.md", render(run, "md"))
     store.write_text("table.csv", render(run, "csv"))
+
+
+def measure_plan(plan: Plan, progress: Any = None) -> Any:
+    """Measure the points of ``plan`` not ok yet (adding accuracy an ok point lacks) into
+    its store, then rewrite its tables; returns the runner's summary. The one way a plan is
+    measured, by ``sweep`` and by a launched shard alike."""
+    from tosa_bench.sweep.resume import lacks_accuracy
+    from tosa_bench.sweep.runner import run_points
+
+    summary = run_points(plan.points, plan.store, plan.suite.settings(),
+                         accuracy=plan.accuracy.evaluate if plan.accuracy is not None else None,
+                         progress=progress, run_id=plan.run_id, lacks_accuracy=lacks_accuracy(plan.suite))
+    write_tables(plan.store)
+    return summary

@@ -77,7 +77,9 @@ def dense_teacher(model: nn.Module, device: torch.device) -> nn.Module:
     """A frozen dense copy of ``model`` (same backbone weights): the distillation teacher."""
     from tosa_bench.build import build_model
 
-    twin = build_model(model.name, "dense", num_classes=model.cfg.num_classes, img_size=model.cfg.img_size)
+    from tosa_bench.methods.registry import DENSE
+
+    twin = build_model(model.name, DENSE, num_classes=model.cfg.num_classes, img_size=model.cfg.img_size)
     twin.load_state_dict({k: v.clone() for k, v in model.state_dict().items() if not k.startswith("reducer.")}, strict=False)
     for p in twin.parameters():
         p.requires_grad_(False)
@@ -110,17 +112,10 @@ class ClassifierTask:
         return out
 
     def export(self, out_dir: Path, history: list[dict[str, Any]]) -> Path:
-        import os
-
-        from safetensors.torch import save_file
+        from tosa_bench.models.checkpoint import write_safetensors
 
         last = history[-1] if history else {}
-        meta = {**self.meta, "epochs": str(len(history)), "final_loss": f"{last.get('loss', math.nan):.6g}",
+        meta = {**self.meta, "epochs": len(history), "final_loss": f"{last.get('loss', math.nan):.6g}",
                 "train_top1": f"{last.get('train_top1', math.nan):.2f}"}
-        path = out_dir / "checkpoint.safetensors"
-        tmp = out_dir / ".checkpoint.safetensors.tmp"
         # backbone and the method's own weights (ToSA selectors): what --checkpoint loads
-        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
-        save_file(state, str(tmp), metadata={k: str(v) for k, v in meta.items()})
-        os.replace(tmp, path)
-        return path
+        return write_safetensors(out_dir / "checkpoint.safetensors", self.model.state_dict(), meta)

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from tosa_bench import cluster
 from tosa_bench.errors import OptionError
-from tosa_bench.sweep.launch import SIGNAL_DELAY_S, _submitit, parse_slurm_options
 
 
 @dataclass
@@ -42,8 +42,9 @@ class TrainLaunch:
         return self.tasks_per_node or max(1, self.gpus_per_node)
 
     def check(self) -> None:
-        if self.launcher not in ("slurm", "local"):
-            raise OptionError(f"--launcher: expected slurm or local, got {self.launcher!r}")
+        """OptionError for a launch that cannot run (before the subcommand's own checks)."""
+        if self.launcher not in cluster.LAUNCHERS:
+            raise OptionError(f"--launcher: expected one of {', '.join(cluster.LAUNCHERS)}, got {self.launcher!r}")
         if self.launcher == "local" and self.nodes > 1:
             raise OptionError("--launcher local: one machine only (--nodes 1)")
 
@@ -56,7 +57,7 @@ class TrainJob:
         self.run, self.resume, self.port = run, resume, port
 
     def __call__(self) -> int:
-        submitit = _submitit()
+        submitit = cluster.submitit_module()
         env = submitit.JobEnvironment()
         os.environ.update(RANK=str(env.global_rank), WORLD_SIZE=str(env.num_tasks), LOCAL_RANK=str(env.local_rank),
                           MASTER_ADDR=str(env.hostnames[0]), MASTER_PORT=str(self.port))
@@ -65,33 +66,17 @@ class TrainJob:
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         """Requeued: continue after the last finished epoch (the loop checkpoints each one)."""
-        submitit = _submitit()
+        submitit = cluster.submitit_module()
         return submitit.helpers.DelayedSubmission(TrainJob(self.run, True, self.port))
 
 
 def submit_training(run: Callable[..., None], resume: bool, spec: TrainLaunch, out_dir: Path) -> tuple[Any, Path]:
     """Submit ``run`` (the training of one command) as one job of ``spec``; returns the
     submitit job and its log folder (``<out>-logs``, beside the run)."""
-    import shutil
-
     spec.check()
-    submitit = _submitit()
     logs = out_dir.parent / f"{out_dir.name}-logs"
-    if spec.launcher == "local":
-        ex = submitit.LocalExecutor(folder=str(logs))
-        ex.update_parameters(timeout_min=spec.time_min, gpus_per_node=spec.gpus_per_node, tasks_per_node=spec.tasks,
-                             signal_delay_s=SIGNAL_DELAY_S)
-    else:
-        if shutil.which("sbatch") is None or shutil.which("srun") is None:
-            raise OptionError("--launcher slurm: no Slurm on this machine (sbatch/srun not found); run it on a cluster's login node")
-        ex = submitit.SlurmExecutor(folder=str(logs))
-        params: dict[str, Any] = {"time": spec.time_min, "nodes": spec.nodes, "gpus_per_node": spec.gpus_per_node,
-                                  "ntasks_per_node": spec.tasks, "signal_delay_s": SIGNAL_DELAY_S, "job_name": "tosa-bench-train"}
-        if spec.partition:
-            params["partition"] = spec.partition
-        extra = parse_slurm_options(spec.slurm_options)
-        if extra:
-            params["additional_parameters"] = extra
-        ex.update_parameters(**params)
+    ex = cluster.make_executor(spec.launcher, logs, time_min=spec.time_min, gpus_per_node=spec.gpus_per_node, nodes=spec.nodes,
+                               tasks_per_node=spec.tasks, job_name="tosa-bench-train", partition=spec.partition,
+                               slurm_options=cluster.parse_slurm_options(spec.slurm_options))
     port = 20000 + zlib.crc32(str(out_dir.resolve()).encode()) % 20000  # one port per run, the same after a requeue
     return ex.submit(TrainJob(run, resume, port)), logs
