@@ -32,7 +32,7 @@ import datetime as _dt
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -51,6 +51,34 @@ SUMMARY = "summary.json"
 
 def _no_accuracy(point: Point, stage) -> dict[str, Any]:
     return {**{k: None for k in ACCURACY_FIELDS}, "accuracy_reason": "not measured (benchmarks/tosa_speedup.py)"}
+
+
+def measure_pair(store: RunStore, model: str, keep: float, placement: str, importance: str, batch_size: int, dtype: str, device: str,
+                 rounds: int, steps: int, warmup: int, session: str,
+                 extra: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Measure dense (counts only) and ToSA (timed against its dense twin in exactly
+    ``rounds`` ABBA rounds of ``steps`` steps) and append both records to ``store`` as
+    each finishes; ``extra(record)`` adds fields to a measured ToSA record before it is
+    written. Returns [dense record, ToSA record]."""
+    options = {"keep": keep, "placement": placement, "importance": importance}
+    dense = GridPoint(Point(model=model, variant="dense", batch_size=batch_size, dtype=dtype, device=device))
+    tosa = GridPoint(Point(model=model, variant="tosa", options=options, batch_size=batch_size, dtype=dtype, device=device),
+                     keeps=(keep,), placement=placement)
+    # exactly `rounds` rounds: no budget, no early stop (pair_target 0)
+    timed = Settings(timing=True, latency=False, memory=False, warmup=warmup, repeats=rounds * steps, time_budget_s=None, paired=True,
+                     pair_steps=steps, pair_min_rounds=rounds, pair_max_rounds=rounds, pair_target=0.0)
+    counted = Settings(timing=False, latency=False, memory=False)
+    records = []
+    for gp, settings in ((dense, counted), (tosa, timed)):
+        torch.manual_seed(0)  # the same random weights run after run
+        rec = measure_one(gp, settings, measure_point, _no_accuracy, lambda _stage: None, run_id=store.path.name, session=session)
+        if gp is dense and rec["status"] == "ok":
+            rec["timing_reason"] = "timed as the dense twin inside the ToSA record (dense_throughput_img_s_paired)"
+        if gp is tosa and rec["status"] == "ok" and extra is not None:
+            rec.update(extra(rec))
+        store.append(rec)
+        records.append(rec)
+    return records
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,15 +101,6 @@ def main(argv: list[str] | None = None) -> int:
 
     device = resolve_device(a.device)
     resolve_autocast(a.dtype, torch.device(device))  # validate before any work
-    options = {"keep": a.keep, "placement": a.placement, "importance": a.importance}
-    dense = GridPoint(Point(model=a.model, variant="dense", batch_size=a.batch_size, dtype=a.dtype, device=device))
-    tosa = GridPoint(Point(model=a.model, variant="tosa", options=options, batch_size=a.batch_size, dtype=a.dtype, device=device),
-                     keeps=(a.keep,), placement=a.placement)
-    # exactly --rounds rounds: no budget, no early stop (pair_target 0)
-    timed = Settings(timing=True, latency=False, memory=False, warmup=a.warmup, repeats=a.rounds * a.steps, time_budget_s=None, paired=True,
-                     pair_steps=a.steps, pair_min_rounds=a.rounds, pair_max_rounds=a.rounds, pair_target=0.0)
-    counted = Settings(timing=False, latency=False, memory=False)
-
     check_out_dir(a.out, overwrite=True)  # never the root, home, a file or a folder that is not a run
     if (a.out / RECORDS).exists():
         (a.out / RECORDS).unlink()  # one benchmark, one result: a rerun replaces the last
@@ -89,14 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     store.write_json(ENV, environment_record(device=device))
     store.open_for_append()
     session = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    records = []
-    for gp, settings in ((dense, counted), (tosa, timed)):
-        torch.manual_seed(0)  # the same random weights run after run
-        rec = measure_one(gp, settings, measure_point, _no_accuracy, lambda _stage: None, run_id=store.path.name, session=session)
-        if gp is dense and rec["status"] == "ok":
-            rec["timing_reason"] = "timed as the dense twin inside the ToSA record (dense_throughput_img_s_paired)"
-        store.append(rec)
-        records.append(rec)
+    records = measure_pair(store, a.model, a.keep, a.placement, a.importance, a.batch_size, a.dtype, device, a.rounds, a.steps, a.warmup, session)
     rec = records[-1]
 
     for r, ratio in enumerate(rec.get("speedup_paired_rounds") or []):

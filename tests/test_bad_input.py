@@ -183,6 +183,8 @@ CASES = [
     ("demo-out-under-file", ["demo", "--out", "{under_file}"], ["--out", "afile is a file"]),
     ("demo-epochs-0", ["demo", "--epochs", "0"], ["--epochs", "greater than or equal to 1"]),
     ("status-missing", ["status", "{dir}/nope"], ["nope", "not a launch directory"]),
+    ("calibrate-model", ["calibrate", "--model", "deit_nope"], ["deit_nope"]),
+    ("calibrate-dtype", ["calibrate", "--dtype", "fp16"], ["fp16"]),
 ]
 
 

@@ -64,3 +64,32 @@ def test_benchmark_writes_a_reportable_run(bench, tmp_path: Path, capsys: pytest
     # a rerun replaces the result; an unreachable target is exit code 1
     assert bench.main([*args, "--target", "1e9"]) == 1
     assert len(read_records(out / "records.jsonl").records) == 2
+
+
+@pytest.fixture(scope="module")
+def grid():
+    spec = importlib.util.spec_from_file_location("tosa_speedup_grid_benchmark", BENCHMARK.with_name("tosa_speedup_grid.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_grid_measures_each_combination_once_and_resumes(grid, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "grid"
+    args = ["--model", "test_deep", "--batch-sizes", "1,2", "--importance", "mean,cls", "--rounds", "2", "--steps", "1", "--warmup", "0", "--out", str(out)]
+    assert grid.main(args) == 0
+    records = read_records(out / "records.jsonl").records
+    tosa = [r for r in records if r["variant"] == "tosa"]
+    assert sorted((r["batch_size"], r["options"]["importance"]) for r in tosa) == [(1, "cls"), (1, "mean"), (2, "cls"), (2, "mean")]
+    for r in tosa:
+        assert 0 < r["time_share_selectors"] < 1
+        assert r["mac_share_selectors"] == pytest.approx((r["gmacs_selectors"] + r["gmacs_method_outside_blocks"]) / r["gmacs"])
+        assert r["selector_time_over_mac_share"] == pytest.approx(r["time_share_selectors"] / r["mac_share_selectors"])
+        assert any(k.startswith("selector") for k in r["cpu_chunks"])
+    rows = json.loads((out / "summary.json").read_text())["rows"]
+    assert len(rows) == 4 and {r["efficiency"] for r in rows} == {r["speedup_efficiency"] for r in tosa}
+    assert "| 2 | fp32 | mean |" in (out / "summary.md").read_text()
+    capsys.readouterr()
+    assert grid.main(args) == 0  # a rerun keeps what is measured
+    assert capsys.readouterr().err.count("kept:") == 4
+    assert len(read_records(out / "records.jsonl").records) == len(records)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from tosa_bench import build_model
 from tosa_bench.methods.base import kept_count
 from tosa_bench.methods.tosa import TokenSelector, parse_placement
+from tosa_bench.methods import selector_kernel
 from tosa_bench.models import chunks
 
 MODEL = "test_deep"  # 12 blocks, 32x32 input, patch 4 -> 64 patches + CLS = 65 tokens
@@ -297,35 +298,40 @@ def test_selector_starts_as_reuse_current_attention():
     assert torch.allclose(sel.log_attention(logits), F.log_softmax(logits, dim=-1), atol=1e-6)
 
 
-@pytest.mark.parametrize("budget", [None, 4 * 10 * 17 * 17, 4 * 10 * 17 * 5])
-def test_selector_chunked_received_equals_whole_batch(monkeypatch, budget):
+@pytest.mark.parametrize("batch", [1, 3, 5])
+@pytest.mark.parametrize("budget", [None, 4 * 10 * 17 * 17 * 2, 4 * 10 * 17 * 17, 4 * 10 * 17 * 5, 1])
+def test_selector_chunked_received_equals_whole_batch(batch, budget):
     """The CPU path works through the rows in chunks (whole images, then blocks of one
-    image's rows); it must give the same sums and logits as one whole-batch call."""
-    if budget is not None:
-        monkeypatch.setattr(chunks, "CPU_CHUNK_BYTES", budget)
+    image's rows, including chunks that split the batch or the rows unevenly); it must
+    give the same sums and logits as one whole-batch call."""
     sel = TokenSelector(num_heads=3, hidden=10, kernel=3)
     with torch.no_grad():
         for conv in (sel.conv1, sel.conv2):
             conv.weight.normal_(std=0.3)
             conv.bias.normal_(std=0.3)
-    logits = torch.randn(3, 3, 17, 17) * 3
-    imgs, rows = sel.chunking(3, 17, 17, logits.device)
-    assert (imgs, rows) == {None: (3, 17), 4 * 10 * 17 * 17: (1, 17), 4 * 10 * 17 * 5: (1, 5)}[budget]
+    logits = torch.randn(batch, 3, 17, 17) * 3
+    imgs, rows = sel.chunking(batch, 17, 17, budget)
+    expect_split = {None: (batch, 17), 4 * 10 * 17 * 17 * 2: (min(2, batch), 17), 4 * 10 * 17 * 17: (1, 17), 4 * 10 * 17 * 5: (1, 5), 1: (1, 1)}
+    assert (imgs, rows) == expect_split[budget]
     with torch.no_grad():
         whole = sel(logits)
-        received, z = sel.received(logits, keep_logits=True)
-        received_only, none = sel.received(logits)
+        received, z = sel.received(logits, keep_logits=True, budget_bytes=budget)
+        received_only, none = sel.received(logits, budget_bytes=budget)
     assert none is None and z.shape == whole.shape
     assert torch.allclose(z, whole, atol=1e-6)
     expect = whole.softmax(-1).sum(dim=(1, 2))
     assert torch.allclose(received, expect, atol=1e-5) and torch.equal(received, received_only)
-    assert sel.chunking(3, 17, 17, torch.device("meta")) == (3, 17)  # off the CPU: one call
+    assert sel.chunking(batch, 17, 17, 0) == (batch, 17)  # 0: one piece
 
 
+@pytest.mark.parametrize("budget", [1, 4 * 3 * 9 * 9 * 2, chunks.FUSED])
 @pytest.mark.parametrize("bias_batch", [None, 1, 3])
-def test_explicit_attention_in_chunks_equals_one_piece(monkeypatch, bias_batch):
-    """On a CPU the explicit path runs a few images at a time; with one image per chunk it
-    must match the one-piece result (output, logits, and a per-image or shared bias)."""
+def test_explicit_attention_in_chunks_equals_one_piece(bias_batch, budget):
+    """On a CPU the explicit path runs a few images at a time, or takes its output from the
+    fused attention and its logits from their own product (FUSED); with one or two images
+    per chunk (two splits the batch of 3 unevenly), or fused, it must match the one-piece
+    result: output to float rounding, logits exactly (one product either way), with a
+    per-image or shared bias."""
     from tosa_bench.models.vit import Attention
 
     torch.manual_seed(0)
@@ -333,12 +339,42 @@ def test_explicit_attention_in_chunks_equals_one_piece(monkeypatch, bias_batch):
     x = torch.randn(3, 9, 12)
     bias = None if bias_batch is None else torch.randn(bias_batch, 1, 1, 9)
     with torch.no_grad():
+        q, k, v = attn.qkv(x).reshape(3, 9, 3, 3, 4).permute(2, 0, 3, 1, 4).unbind(0)
+        out_whole, logits_whole = attn._explicit(q, k, v, bias, budget_bytes=None)
+        out_split, logits_split = attn._explicit(q, k, v, bias, budget_bytes=budget)
         whole = attn(x, bias=bias, need_logits=True)
-        monkeypatch.setattr(chunks, "CPU_CHUNK_BYTES", 1)  # one image per chunk
-        split = attn(x, bias=bias, need_logits=True)
         fused = attn(x, bias=bias)
-    assert torch.allclose(split.out, whole.out, atol=1e-6) and torch.allclose(split.logits, whole.logits, atol=1e-6)
-    assert torch.allclose(fused.out, whole.out, atol=1e-5)
+    tol = 1e-6 if budget != chunks.FUSED else 1e-5
+    assert torch.allclose(out_split, out_whole, atol=tol) and torch.equal(logits_split, logits_whole)
+    assert torch.allclose(whole.out, fused.out, atol=1e-5)
+
+
+@pytest.mark.parametrize("importance", ["mean", "cls"])
+@pytest.mark.parametrize("batch", [1, 3, 5])
+def test_tosa_model_in_chunks_equals_one_piece(monkeypatch, dense, importance, batch):
+    """The whole ToSA forward at budgets that split images and rows selects the same
+    tokens and gives the same outputs as one piece (the budget only moves work)."""
+    from tosa_bench.models.chunks import Budget
+
+    m = same_weights("tosa", dense, keep=0.5, placement=[2, 3, 5], importance=importance)
+    torch.manual_seed(batch)
+    with torch.no_grad():
+        for p in m.reducer.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    x = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(batch))
+    row = m.reducer.selectors["2"].hidden * N * 4  # bytes of one query row's hidden activation
+    runs = {}
+    for budget in (0, 1, 7 * row, 2 * N * row, chunks.FUSED):  # one piece; one row; 7 rows; 2 images; fused
+        if budget == chunks.FUSED and selector_kernel.kernel() is None:
+            continue  # no compiler here: tests/test_selector_kernel.py says so
+        monkeypatch.setattr(chunks, "budget", lambda key, runner, candidates=(), b=budget: Budget(b, "set"))
+        with torch.no_grad():
+            out = m(x)
+        runs[budget] = (out, {i: s.index.clone() for i, s in m.reducer.last_selection.items()})
+    ref_out, ref_sel = runs.pop(0)
+    for out, sel in runs.values():
+        assert sel.keys() == ref_sel.keys() and all(torch.equal(sel[i], ref_sel[i]) for i in sel)
+        assert torch.allclose(out, ref_out, atol=1e-5)
 
 
 def test_untrained_tosa_selects_by_current_attention(dense, images):

@@ -8,5 +8,6 @@ from tosa_bench.cli import plot  # noqa: F401  (plot, show-tokens)
 from tosa_bench.cli import train  # noqa: F401  (train selector|finetune|depth|classifier)
 from tosa_bench.cli import demo  # noqa: F401  (demo)
 from tosa_bench.cli import launch  # noqa: F401  (status; sweep --launcher)
+from tosa_bench.cli import calibrate  # noqa: F401  (calibrate)
 
 __all__ = ["app"]

@@ -80,6 +80,7 @@ def profile_command(
             x = torch.randn(batch, 3, cfg.img_size, cfg.img_size, device=resolved)
             shares = block_time_shares(net, x, passes=1 if resolved == "cpu" else 5, dtype=dtype.value)
             record["time_share_per_block"] = shares["per_block"]
+            record["time_share_selectors"] = shares["selectors"]
     record["config_hash"] = point.config_hash()
     env = environment_record(device=resolved)
     if target is not None:
@@ -109,6 +110,10 @@ def _print_tables(r: dict, env: dict) -> None:
     s.add_row("compute", f"{r['gmacs']:.3f} GMACs = {r['gflops']:.3f} GFLOPs per image (formula: {r['gmacs_analytic']:.3f} GMACs)")
     uncounted = ", ".join(k.removeprefix("aten::") for k in r["uncounted_ops"]) or "none"
     s.add_row("not counted", uncounted)
+    if r.get("gmacs_selectors") and r.get("time_share_selectors") is not None:
+        mac_share = (r["gmacs_selectors"] + r["gmacs_method_outside_blocks"]) / r["gmacs"]
+        s.add_row("selectors", f"{r['time_share_selectors']:.1%} of the forward's time, {mac_share:.1%} of its MACs "
+                               f"(convolutions + softmax of the predictions; one timed forward with hooks)")
     if r.get("throughput_img_s") is not None:
         s.add_row("throughput", f"{r['throughput_img_s']:.1f} images/s (median of {r['timed_steps']} steps; {r['throughput_img_s_low']:.1f}-{r['throughput_img_s_high']:.1f} slowest-fastest)")
     else:

@@ -46,8 +46,11 @@ def measure_cpu_peak(point: "Point", threads: int, timeout_s: float = 900.0) -> 
     (the sweep goes on either way)."""
     import os
 
+    from tosa_bench.models.chunks import BUDGETS_ENV, known_budgets
+
     root = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    env[BUDGETS_ENV] = json.dumps(known_budgets())  # the child runs the chunks that were timed
     cmd = [sys.executable, "-m", "tosa_bench.measure.cpu_peak", json.dumps(point.config()), str(threads)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)

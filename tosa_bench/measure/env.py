@@ -98,7 +98,9 @@ def environment_record(
     Keys: tosa_bench_version, python, platform, hostname, time_utc (ISO 8601, UTC), torch,
     cuda (torch's CUDA build version), cudnn, cuda_available, device, device_name,
     driver_version, cpu_model, logical_cpus, usable_cpus (affinity), torch_threads,
-    git_commit, git_dirty, plus ``*_reason`` keys for the fields that are None.
+    git_commit, git_dirty, plus ``*_reason`` keys for the fields that are None; on a CPU
+    also cpu_chunk_machine and cpu_chunk_cache (what chunk calibrations are keyed by and
+    where they are kept, :mod:`tosa_bench.models.chunks`).
     """
     import torch
 
@@ -144,8 +146,13 @@ def environment_record(
         else:
             rec["device_name_reason"] = rec["driver_version_reason"] = "no CUDA device"
     else:
+        from tosa_bench.models.chunks import cache_path, machine_signature
+
         rec["device_name"] = rec["cpu_model"]
         rec["driver_version_reason"] = f"no GPU driver for device {str(dev)!r}"
+        # chunked CPU ops are calibrated per machine; each record's cpu_chunks names its budgets
+        rec["cpu_chunk_machine"] = machine_signature()
+        rec["cpu_chunk_cache"] = str(cache_path())
     if rec["cpu_model"] is None:
         rec["cpu_model_reason"] = f"no model line in {cpuinfo_path} and platform.processor() is empty"
     rec.update(git_state(repo_path))

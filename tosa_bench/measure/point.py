@@ -31,6 +31,9 @@ Record units and conventions (every record says them in ``conventions``):
   (:mod:`tosa_bench.measure.cpu_peak` says why). ``peak_mem_method`` names which.
   NVML's per-process figure (CUDA context + allocator cache) is ``nvml_process_mib``,
   never mixed into ``peak_mem_mb``.
+- ``cpu_chunks``: the chunk budget (bytes per chunk, 0 = one piece) of each chunked CPU op
+  the model ran, calibrated on this machine, and where it came from
+  (:mod:`tosa_bench.models.chunks`); {} off the CPU.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from tosa_bench.measure.spec import MAC_CONVENTION, NonFiniteOutput, Point, Sett
 from tosa_bench.methods import registry
 from tosa_bench.methods.base import TokenReducer
 from tosa_bench.methods.registry import expected_token_counts
+from tosa_bench.models.chunks import used_by
 from tosa_bench.precision import autocast
 
 
@@ -78,6 +82,7 @@ def count_point(model, point: Point) -> dict[str, Any]:
         "gmacs_per_block": [m / 1e9 for m in per_block],
         # work the method does outside any module (ToMe matching, softmax of predictions)
         "gmacs_method_outside_blocks": (counted.by_module.get("reducer", 0) - sum(selectors)) / 1e9,
+        "gmacs_selectors": sum(selectors) / 1e9,  # ToSA's selector convolutions (their softmax: the line above)
         "tokens_per_block": [[t.attn, t.mlp] for t in counts],
         "selector_tokens_per_block": [t.selector for t in counts],
         "uncounted_ops": counted.uncounted_ops,
@@ -233,6 +238,7 @@ def measure_point(point: Point, settings: Settings = Settings(), stage: Callable
     stage("check")
     _check_finite(model, point, device)
     record["threads"] = torch.get_num_threads()
+    record["cpu_chunks"] = used_by(model)  # settled by the check's forward, before any timing
     if settings.timing:
         from tosa_bench.measure.timing import measure_latency
 

@@ -66,7 +66,8 @@ from tosa_bench.methods.base import (
     validate_keep,
 )
 from tosa_bench.methods.registry import GridEntry, Knobs, Method, OptionSpec, register
-from tosa_bench.models.chunks import chunk_size
+from tosa_bench.methods import selector_kernel
+from tosa_bench.models.chunks import CALIBRATED, CALIBRATION_IMAGES, CANDIDATE_BYTES, FUSED, Chunked, ChunkKey, items_per_chunk
 
 PLACEMENT_SCHEMES = {
     "alternate": "every other block from block 1: 1, 3, 5, ... (default)",
@@ -102,7 +103,7 @@ def parse_placement(placement: str | Sequence[int], depth: int) -> tuple[int, ..
             if not 1 <= n <= depth - 1:
                 raise OptionError(f"placement: {placement!r} must name 1..{depth - 1} blocks")
             idx = list(range(depth - n, depth))
-        elif text and all(part.strip().lstrip("-").isdigit() for part in text.split(",")):
+        elif text and all(part.strip().lstrip("-").isdecimal() and part.isascii() for part in text.split(",")):
             idx = [int(part) for part in text.split(",")]
         else:
             known = ", ".join(PLACEMENT_SCHEMES)
@@ -114,7 +115,7 @@ def parse_placement(placement: str | Sequence[int], depth: int) -> tuple[int, ..
     return validate_block_indices("placement", idx, depth, lowest=1)
 
 
-class TokenSelector(nn.Module):
+class TokenSelector(Chunked, nn.Module):
     """Predicts a block's attention from the previous block's logits.
 
     Input (B, H, N, N) logits of the block before; output (B, H, N, N) predicted logits
@@ -128,8 +129,9 @@ class TokenSelector(nn.Module):
     whose strides are channels-last.
 
     :meth:`received` is the path ToSA's forward uses: it sums the predicted attention per
-    key and, on a CPU, works through the rows in cache-sized chunks
-    (:mod:`tosa_bench.models.chunks`).
+    key and, on a CPU, runs either the fused kernel (:mod:`tosa_bench.methods.selector_kernel`)
+    or these convolutions over the rows in chunks, whichever was timed faster on the
+    machine (:mod:`tosa_bench.models.chunks`).
     """
 
     def __init__(self, num_heads: int, hidden: int | None = None, kernel: int = 3) -> None:
@@ -173,23 +175,52 @@ class TokenSelector(nn.Module):
         (what distillation compares with the teacher's next-block attention)."""
         return F.log_softmax(self(logits), dim=-1)
 
-    def chunking(self, batch: int, rows: int, keys: int, device: torch.device, itemsize: int = 4) -> tuple[int, int]:
-        """(images, query rows) per chunk for :meth:`received`: the whole input off the
-        CPU; on a CPU as many rows as keep the hidden activation within
-        :data:`~tosa_bench.models.chunks.CPU_CHUNK_BYTES` (whole images while one fits,
-        else blocks of one image's rows)."""
-        per_chunk = chunk_size(batch * rows, self.hidden * keys * itemsize, device)
+    def chunking(self, batch: int, rows: int, keys: int, budget_bytes: int | None, itemsize: int = 4) -> tuple[int, int]:
+        """(images, query rows) per chunk for :meth:`received`: everything for one piece
+        (``budget_bytes`` None or 0), else as many rows as keep the hidden activation
+        within ``budget_bytes`` (whole images while one fits, else blocks of one image's
+        rows)."""
+        per_chunk = items_per_chunk(batch * rows, self.hidden * keys * itemsize, budget_bytes)
         if per_chunk >= rows:
             return per_chunk // rows, rows
         return 1, per_chunk
 
-    def received(self, logits: Tensor, keep_logits: bool = False) -> tuple[Tensor, Tensor | None]:
+    def cpu_budget(self, logits: Tensor) -> int | None:
+        """The calibrated chunk budget for maps like ``logits`` (None off the CPU; -1 for
+        the fused kernel, :mod:`tosa_bench.methods.selector_kernel`, where it was timed
+        faster and can take these maps)."""
+        H, N, dtype = self.num_heads, logits.shape[-1], logits.dtype
+        with torch.no_grad():  # the kernel is a candidate for maps it could take without autograd
+            fused = selector_kernel.build_tag() if selector_kernel.usable(logits.detach()) and logits.device.type == "cpu" else None
+
+        def key() -> ChunkKey:
+            shape = f"heads {H} hidden {self.hidden} kernel {self.kernel} keys {N} | {fused or 'pytorch ops only'}"
+            return ChunkKey("selector", shape, str(dtype).removeprefix("torch."))
+
+        def runner():
+            maps = torch.randn(CALIBRATION_IMAGES, H, N, N, generator=torch.Generator().manual_seed(0)).to(dtype)
+            return lambda b: self.received(maps, budget_bytes=b)
+
+        with torch.no_grad():
+            found = self.chunk_budget(logits.device, key, runner, CANDIDATE_BYTES + ((FUSED,) if fused else ()))
+        if found is None:
+            return None
+        if found.bytes == FUSED and not selector_kernel.usable(logits):
+            return found.fallback  # e.g. training: autograd needs the PyTorch path
+        return found.bytes
+
+    def received(self, logits: Tensor, keep_logits: bool = False, budget_bytes: int | None = CALIBRATED) -> tuple[Tensor, Tensor | None]:
         """Predicted attention each key receives, summed over heads and the R query rows:
         (B, N). With ``keep_logits`` also the predicted logits (B, H, R, N) (what
         :meth:`forward` returns), else None. Summing instead of averaging leaves the
-        ranking unchanged."""
+        ranking unchanged. ``budget_bytes``: the chunk budget (None or 0: one piece; -1:
+        the fused CPU kernel; the default, what was calibrated on this machine)."""
         B, _, R, N = logits.shape
-        imgs, rows = self.chunking(B, R, N, logits.device, logits.element_size())
+        if budget_bytes == CALIBRATED:
+            budget_bytes = self.cpu_budget(logits)
+        if budget_bytes == FUSED:
+            return selector_kernel.received(logits, self.conv1, self.conv2, keep_logits)
+        imgs, rows = self.chunking(B, R, N, budget_bytes, logits.element_size())
         received, kept = [], []
         for b in range(0, B, imgs):
             part, kept_rows = 0, []

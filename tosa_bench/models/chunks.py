@@ -1,29 +1,295 @@
-"""Cache-sized chunks for work on full N x N attention maps on a CPU.
+"""Chunk sizes for work on full N x N attention maps on a CPU, calibrated where it runs.
 
 The explicit attention path (softmax(q k^T) @ v, taken in the blocks whose map a method
 reads) and ToSA's token selector both stream (B, H, N, N) tensors through several ops. At
-DeiT-S, batch 32, one such map is 30 MB and the selector's hidden map 60 MB, far beyond the
-caches, so each op reads its input back from memory. Run a few images (or rows) at a time,
-the same ops keep their intermediates in cache. Measured on the 2-core CPU (torch 2.14.1,
-fp32, DeiT-S, batch 32): the explicit attention of one block ~40 -> ~21 ms, one selector
-~120 -> ~25 ms (with its channels-last convolutions), with results equal up to float
-rounding.
+DeiT-S, batch 32, one map is 30 MB and the selector's hidden map 60 MB, beyond the caches,
+and buffers that size are fresh memory mappings that page-fault on every forward. Run a
+few images (or query rows) at a time, the same ops keep their intermediates in cache and
+reuse the same buffers. How many is best depends on the caches, the core count, the
+allocator and the torch build, so no size is written down here: each chunked op is timed
+once per machine at a few working-set budgets and the fastest is kept.
+
+* **What is calibrated:** one :class:`ChunkKey` per op and shape: the op ("selector",
+  "attention"), the shape that sets its working set (heads, tokens, channels), the dtype,
+  and the machine (CPU model and cache sizes, threads, torch version). A budget is the
+  bytes of the op's largest intermediate per chunk; 0 (:data:`WHOLE`) means one piece,
+  and -1 (:data:`FUSED`) the op's fused path (ToSA's selector: its C++ kernel; the
+  explicit attention: PyTorch's fused attention for the output, the logits by a separate
+  q k^T), timed against the chunked path like any other candidate.
+* **How:** :func:`calibrate` runs the op on :data:`CALIBRATION_IMAGES` random images at
+  each budget of :data:`CANDIDATE_BYTES` and in one piece, in rotated order for
+  :data:`CALIBRATION_ROUNDS` rounds, and keeps the budget with the lowest median time
+  (about a second per op and shape). The candidates never hold more than
+  ``CALIBRATION_IMAGES`` images, so a large batch still runs in chunks.
+* **Where it is kept:** in this process, and in ``cpu-chunks.json`` under
+  ``$TOSA_BENCH_CACHE_DIR``, else ``$XDG_CACHE_HOME/tosa-bench``, else
+  ``~/.cache/tosa-bench`` (an unwritable cache only costs a calibration per process).
+  ``tosa-bench calibrate`` shows it and (``--refresh``) redoes it; every measured record
+  names the budgets its model used (``cpu_chunks``), and the environment record the
+  machine signature and the cache file.
+* **When:** at an op's first real call on a CPU for a key. Never while a model is traced
+  (the MAC counter) or compiled: those run in one piece, which computes the same values.
+  A child process (the CPU-peak reading) is handed its parent's budgets through
+  :data:`BUDGETS_ENV`, so it runs what was timed.
 
 On a GPU every chunk would cost its own kernel launches, and large batched kernels are
-what GPUs run best, so off the CPU everything runs in one piece. (That choice is not
-measured yet: no GPU was available when this was written.)
+what GPUs run best, so off the CPU everything runs in one piece (not measured yet: no GPU
+was available when this was written).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
 import torch
 
-CPU_CHUNK_BYTES = 2 * 2**20  # working set per chunk: about a core's share of L2 + L3
+CACHE_ENV = "TOSA_BENCH_CACHE_DIR"
+#: JSON ``{key: bytes}`` a parent process hands its children (see the module docstring)
+BUDGETS_ENV = "TOSA_BENCH_CPU_CHUNKS"
+CACHE_FILE = "cpu-chunks.json"
+CALIBRATION_IMAGES = 8
+CALIBRATION_ROUNDS = 7
+CANDIDATE_BYTES = tuple(2**p for p in range(17, 26))  # 128 KiB ... 32 MiB per chunk
+WHOLE = 0  # the budget meaning "one piece"
+FUSED = -1  # the budget meaning "the op's fused path" (see the module docstring)
+CALIBRATED = -2  # an op's default argument: "use the budget calibrated for this machine"
 
 
-def chunk_size(total: int, bytes_per_item: int, device: torch.device) -> int:
-    """Items per chunk: all ``total`` of them off the CPU; on a CPU as many as fit in
-    ``CPU_CHUNK_BYTES`` at ``bytes_per_item`` each (at least one)."""
-    if device.type != "cpu":
+@dataclass(frozen=True)
+class ChunkKey:
+    """What a calibration holds for: an op, its shape and dtype, on this machine."""
+
+    op: str
+    shape: str
+    dtype: str
+
+    def text(self) -> str:
+        return f"{self.op} {self.shape} {self.dtype} | {machine_signature()}"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A chunk budget in bytes (0: one piece, -1: the fused path) and where it came from:
+    ``calibrated``, ``cache`` (cpu-chunks.json), ``parent`` (:data:`BUDGETS_ENV`) or
+    ``set`` (tests, :func:`set_budget`). ``fallback``: the fastest budget that is not the
+    fused path, for calls it cannot take (the selector kernel under autograd)."""
+
+    bytes: int
+    source: str
+    fallback: int = WHOLE
+
+
+_memo: dict[str, Budget] = {}
+_signature: str | None = None
+
+
+def machine_signature() -> str:
+    """CPU model, cache sizes, intra-op threads and torch version: what a budget depends
+    on besides the op."""
+    global _signature
+    from tosa_bench.measure.env import cpu_model
+
+    threads = torch.get_num_threads()
+    if _signature is None or not _signature.endswith(f"threads {threads}"):
+        _signature = f"{cpu_model() or 'unknown cpu'} | caches {_cache_sizes()} | torch {torch.__version__} | threads {threads}"
+    return _signature
+
+
+def _cache_sizes(root: str = "/sys/devices/system/cpu/cpu0/cache") -> str:
+    """'L1d 32K L2 1024K L3 32768K' from sysfs; 'unknown' where sysfs has none."""
+    parts = []
+    for index in sorted(Path(root).glob("index*")):
+        try:
+            level = (index / "level").read_text().strip()
+            kind = (index / "type").read_text().strip()
+            size = (index / "size").read_text().strip()
+        except OSError:
+            continue
+        if kind != "Instruction":
+            parts.append(f"L{level}{'d' if kind == 'Data' else ''} {size}")
+    return " ".join(parts) or "unknown"
+
+
+def cache_path() -> Path:
+    """Where calibrations are kept (see the module docstring)."""
+    root = os.environ.get(CACHE_ENV)
+    if not root:
+        root = str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tosa-bench")
+    return Path(root) / CACHE_FILE
+
+
+def read_cache(path: Path | None = None) -> dict[str, dict]:
+    """The calibration file as ``{key text: entry}``; {} when missing or unreadable (a
+    damaged file is recalibrated, never trusted)."""
+    try:
+        data = json.loads((path or cache_path()).read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(v, dict) and _is_budget(v.get("bytes")) and _is_budget(v.get("fallback", WHOLE))}
+
+
+def _is_budget(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= FUSED
+
+
+def _write_cache(key: str, entry: dict, path: Path | None = None) -> str | None:
+    """Add one entry (read, merge, write to a temporary file, rename): concurrent writers
+    lose at most each other's new entries, never the file. Returns why it could not be
+    written, or None."""
+    path = path or cache_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = read_cache(path)
+        data[key] = entry
+        _replace_file(path, data)
+    except OSError as e:
+        return f"{path}: {e.strerror or e}"
+    return None
+
+
+def _parent_budgets() -> dict[str, int]:
+    try:
+        data = json.loads(os.environ.get(BUDGETS_ENV) or "{}")
+    except ValueError:
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(v, list) and len(v) == 2 and all(_is_budget(b) for b in v)}
+
+
+def set_budget(key: ChunkKey, nbytes: int, fallback: int = WHOLE) -> None:
+    """Use ``nbytes`` for ``key`` in this process (tests; a user pinning a size)."""
+    _memo[key.text()] = Budget(int(nbytes), "set", fallback)
+
+
+def forget_budgets() -> None:
+    """Drop this process's budgets (the next call reads the cache or calibrates again)."""
+    _memo.clear()
+
+
+def drop_machine(path: Path | None = None) -> int:
+    """Remove every calibration of this machine from the cache (and this process); return
+    how many were removed."""
+    path = path or cache_path()
+    data = read_cache(path)
+    mine = machine_signature().split(" | threads")[0]
+    keep = {k: v for k, v in data.items() if mine not in k}
+    forget_budgets()
+    if len(keep) != len(data):
+        _replace_file(path, keep)
+    return len(data) - len(keep)
+
+
+def _replace_file(path: Path, data: dict) -> None:
+    """Write ``data`` as JSON beside ``path`` and rename it into place (readers see the old
+    file or the new one, never half of one)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def describe_budget(nbytes: int, op: str = "selector") -> str:
+    """'fused kernel' (selector) or 'fused attention + logits' (attention), 'one piece' or
+    '2048 KiB chunks'."""
+    if nbytes == FUSED:
+        return "fused kernel" if op == "selector" else "fused attention + logits"
+    return "one piece" if nbytes == WHOLE else f"{nbytes // 1024} KiB chunks"
+
+
+def known_budgets() -> dict[str, list[int]]:
+    """Every budget this process has settled, ``{key text: [bytes, fallback]}`` (for
+    :data:`BUDGETS_ENV`)."""
+    return {k: [b.bytes, b.fallback] for k, b in _memo.items()}
+
+
+def budget(key: ChunkKey, runner: Callable[[], Callable[[int], None]], candidates: tuple[int, ...] = CANDIDATE_BYTES) -> Budget:
+    """The budget for ``key``: this process's, a parent's, the cache's, or a new
+    calibration over ``candidates`` (and one piece) with ``runner()`` (a function that runs
+    the op once at a given budget), stored in the cache."""
+    text = key.text()
+    found = _memo.get(text)
+    if found is not None:
+        return found
+    parent = _parent_budgets().get(text)
+    if parent is not None:
+        found = Budget(parent[0], "parent", parent[1])
+    else:
+        entry = read_cache().get(text)
+        if entry is not None:
+            found = Budget(entry["bytes"], "cache", entry.get("fallback", WHOLE))
+        else:
+            best, medians = calibrate(runner(), candidates=candidates)
+            fallback = min((b for b in medians if b != FUSED), key=lambda b: (medians[b], b == WHOLE, b))
+            entry = {"bytes": best, "fallback": fallback, "median_ms": {str(b): round(t * 1e3, 4) for b, t in medians.items()},
+                     "images": CALIBRATION_IMAGES, "rounds": CALIBRATION_ROUNDS,
+                     "calibrated_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            _write_cache(text, entry)
+            found = Budget(best, "calibrated", fallback)
+    _memo[text] = found
+    return found
+
+
+def calibrate(run: Callable[[int], None], candidates: tuple[int, ...] = CANDIDATE_BYTES, rounds: int = CALIBRATION_ROUNDS,
+              clock: Callable[[], float] = time.perf_counter) -> tuple[int, dict[int, float]]:
+    """Time ``run(budget)`` for each candidate and for one piece (:data:`WHOLE`), in an
+    order rotated each round so drift hits all alike, after one untimed pass; return the
+    budget with the lowest median seconds and every median. Ties go to the smaller budget
+    (less memory)."""
+    options = sorted(set(candidates) - {WHOLE}) + [WHOLE]
+    for b in options:
+        run(b)
+    times: dict[int, list[float]] = {b: [] for b in options}
+    for r in range(rounds):
+        for b in options[r % len(options):] + options[: r % len(options)]:
+            t0 = clock()
+            run(b)
+            times[b].append(clock() - t0)
+    medians = {b: statistics.median(ts) for b, ts in times.items()}
+    best = min(options, key=lambda b: (medians[b], b == WHOLE, b))
+    return best, medians
+
+
+def cpu_budget(device: torch.device, key: Callable[[], ChunkKey], runner: Callable[[], Callable[[int], None]],
+               candidates: tuple[int, ...] = CANDIDATE_BYTES) -> Budget | None:
+    """The budget an op on ``device`` should use now, or None for one piece: off the CPU,
+    and while the model is traced or compiled (see the module docstring)."""
+    if device.type != "cpu" or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return None
+    return budget(key(), runner, candidates)
+
+
+def items_per_chunk(total: int, bytes_per_item: int, budget_bytes: int | None) -> int:
+    """Items per chunk: all ``total`` for one piece (None or :data:`WHOLE`), else as many
+    as fit in ``budget_bytes`` at ``bytes_per_item`` each (at least one)."""
+    if not budget_bytes:
         return total
-    return max(1, min(total, CPU_CHUNK_BYTES // max(1, bytes_per_item)))
+    return max(1, min(total, budget_bytes // max(1, bytes_per_item)))
+
+
+class Chunked:
+    """Mixin of a module with a chunked CPU op: settles the op's budget (:func:`cpu_budget`)
+    and remembers the ones it used, which :func:`used_by` collects for a record."""
+
+    def chunk_budget(self, device: torch.device, key: Callable[[], ChunkKey], runner: Callable[[], Callable[[int], None]],
+                     candidates: tuple[int, ...] = CANDIDATE_BYTES) -> Budget | None:
+        found = cpu_budget(device, key, runner, candidates)
+        if found is not None:
+            self.__dict__.setdefault("chunk_budgets", {})[key().text()] = found
+        return found
+
+
+def used_by(model: torch.nn.Module) -> dict[str, dict]:
+    """``{key text: {"bytes", "source", "fallback"}}`` of every budget ``model``'s modules used."""
+    out: dict[str, dict] = {}
+    for module in model.modules():
+        for text, b in getattr(module, "chunk_budgets", {}).items():
+            out[text] = {"bytes": b.bytes, "source": b.source, "fallback": b.fallback}
+    return out

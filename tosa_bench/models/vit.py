@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tosa_bench.errors import OptionError
-from tosa_bench.models.chunks import chunk_size
+from tosa_bench.models.chunks import CALIBRATED, CALIBRATION_IMAGES, CANDIDATE_BYTES, FUSED, Chunked, ChunkKey, items_per_chunk
 from tosa_bench.models.configs import ViTConfig
 
 
@@ -40,7 +40,7 @@ class AttentionOutput(NamedTuple):
     keys: Tensor
 
 
-class Attention(nn.Module):
+class Attention(Chunked, nn.Module):
     """Multi-head self-attention with two paths.
 
     * fused ``F.scaled_dot_product_attention`` whenever no attention map is needed;
@@ -84,17 +84,41 @@ class Attention(nn.Module):
         y = y.transpose(1, 2).reshape(B, N, C)
         return AttentionOutput(self.proj(y), logits, k)
 
-    def _explicit(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor]:
-        """softmax(q k^T * scale + bias) @ v and its logits. The softmax and the product with
-        v run a few images at a time on a CPU, so each chunk's probabilities are still in
-        cache when multiplied by v (:mod:`tosa_bench.models.chunks`)."""
+    def _explicit(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, budget_bytes: int | None = CALIBRATED) -> tuple[Tensor, Tensor]:
+        """softmax(q k^T * scale + bias) @ v and its logits. On a CPU the softmax and the
+        product with v run a few images at a time, so each chunk's probabilities are still
+        in cache when multiplied by v; ``budget_bytes`` bounds a chunk's map (None or 0:
+        one piece; -1: the output by fused ``scaled_dot_product_attention`` and the logits
+        by their own product, which computes q k^T twice but never writes or re-reads the
+        probabilities; the default: whichever was timed fastest on this machine,
+        :mod:`tosa_bench.models.chunks`)."""
         logits = (q * self.scale) @ k.transpose(-2, -1)
         if bias is not None:
             logits = logits + bias
         B, H, n, _ = logits.shape
-        step = chunk_size(B, H * n * n * logits.element_size(), logits.device)
+        if budget_bytes == CALIBRATED:
+            budget_bytes = self.cpu_budget(q, n)
+        if budget_bytes == FUSED:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=None if bias is None else bias.to(q.dtype)), logits
+        step = items_per_chunk(B, H * n * n * logits.element_size(), budget_bytes)
         outs = [logits[b : b + step].softmax(dim=-1) @ v[b : b + step] for b in range(0, B, step)]
         return (outs[0] if len(outs) == 1 else torch.cat(outs)), logits
+
+    def cpu_budget(self, q: Tensor, n: int) -> int | None:
+        """The calibrated chunk budget of :meth:`_explicit` for ``n`` tokens (None off the CPU)."""
+        H, d, dtype = self.num_heads, self.head_dim, q.dtype
+
+        def key() -> ChunkKey:
+            return ChunkKey("attention", f"heads {H} tokens {n} head_dim {d} | chunks or fused", str(dtype).removeprefix("torch."))
+
+        def runner():
+            g = torch.Generator().manual_seed(0)
+            qkv = [torch.randn(CALIBRATION_IMAGES, H, n, d, generator=g).to(dtype) for _ in range(3)]
+            return lambda b: self._explicit(*qkv, None, budget_bytes=b)
+
+        with torch.no_grad():
+            found = self.chunk_budget(q.device, key, runner, CANDIDATE_BYTES + (FUSED,))
+        return None if found is None else found.bytes
 
 
 class Mlp(nn.Module):

@@ -1,0 +1,140 @@
+"""ToSA's fused CPU selector kernel (tosa_bench/methods/selector_kernel.cpp) against the
+PyTorch path it replaces: the same attention received and predicted logits, to float
+rounding, for shapes that exercise every padding and blocking edge, any thread count, and
+a whole model's selections."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tosa_bench.build import build_model
+from tosa_bench.methods import selector_kernel
+from tosa_bench.methods.tosa import TokenSelector
+from tosa_bench.models import chunks
+from tosa_bench.models.chunks import FUSED, WHOLE, Budget
+
+pytestmark = pytest.mark.skipif(selector_kernel.kernel() is None, reason=f"{selector_kernel.unavailable_reason()} (no C++ compiler or ninja here)")
+
+
+def reference(logits, sel):
+    """The selector row by row with nn.Conv1d, in float64: independent of both paths."""
+    B, H, R, N = logits.shape
+    rows = logits.double().permute(0, 2, 1, 3).reshape(B * R, H, N)
+    c1, c2 = sel.conv1.double(), sel.conv2.double()
+    try:
+        z = c2(F.relu(c1(rows))).reshape(B, R, H, N).permute(0, 2, 1, 3)
+    finally:
+        sel.float()
+    return z.softmax(-1).sum(dim=(1, 2)), z
+
+
+def trained_like(heads, hidden, kernel, seed):
+    torch.manual_seed(seed)
+    sel = TokenSelector(heads, hidden, kernel)
+    with torch.no_grad():
+        for conv in (sel.conv1, sel.conv2):
+            conv.weight.normal_(std=0.3)
+            conv.bias.normal_(std=0.3)
+    return sel
+
+
+@pytest.mark.parametrize("heads,hidden,kernel,batch,rows,keys", [
+    (6, 12, 3, 3, 197, 197),  # DeiT-S, N not a multiple of the vector width
+    (3, 6, 3, 2, 65, 65),  # DeiT-Ti's heads: fewer outputs than a register block
+    (2, 7, 5, 2, 17, 17),  # hidden not a multiple of the block, wider kernel
+    (4, 8, 1, 1, 16, 16),  # kernel 1, N exactly two vectors
+    (6, 12, 3, 4, 1, 197),  # the "cls" rule: one query row per image
+    (12, 24, 3, 1, 33, 33),  # DeiT-B's heads: several register blocks
+])
+def test_kernel_equals_reference(heads, hidden, kernel, batch, rows, keys):
+    sel = trained_like(heads, hidden, kernel, seed=batch + keys)
+    logits = torch.randn(batch, heads, rows, keys, generator=torch.Generator().manual_seed(1)) * 4
+    expect, z_expect = reference(logits, sel)
+    with torch.inference_mode():
+        got, z = sel.received(logits, keep_logits=True, budget_bytes=FUSED)
+        got_only, none = sel.received(logits, budget_bytes=FUSED)
+        eager, z_eager = sel.received(logits, keep_logits=True, budget_bytes=WHOLE)
+    assert none is None and z.shape == z_expect.shape == (batch, heads, rows, keys)
+    # float32 sums of up to H x R terms of size <= 1 against float64: rounding only
+    tol = 1e-6 * heads * rows
+    assert torch.allclose(got.double(), expect, rtol=1e-5, atol=tol) and torch.allclose(got_only, got, rtol=1e-6, atol=tol)
+    assert torch.allclose(z.double(), z_expect, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(got, eager, rtol=1e-5, atol=tol) and torch.allclose(z, z_eager, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_kernel_is_the_same_with_any_thread_count(threads):
+    """Rows are split between threads, each with its own partial sums: the result may not
+    depend on how many there are (3 threads on a 2-core CPU: uneven splits)."""
+    sel = trained_like(6, 12, 3, seed=0)
+    logits = torch.randn(5, 6, 41, 41, generator=torch.Generator().manual_seed(2)) * 3
+    before = torch.get_num_threads()
+    with torch.inference_mode():
+        torch.set_num_threads(1)
+        one, _ = sel.received(logits, budget_bytes=FUSED)
+        torch.set_num_threads(threads)
+        try:
+            many, _ = sel.received(logits, budget_bytes=FUSED)
+        finally:
+            torch.set_num_threads(before)
+    assert torch.allclose(many, one, rtol=1e-6, atol=1e-5)
+
+
+def test_bfloat16_maps_are_read_into_float32():
+    """Under bf16 autocast the maps arrive in bfloat16: the kernel computes in float32 from
+    them, so it matches float32 PyTorch ops on the same (rounded) maps."""
+    sel = trained_like(6, 12, 3, seed=5)
+    maps = (torch.randn(2, 6, 33, 33) * 3).bfloat16()
+    with torch.inference_mode():
+        got, z = sel.received(maps, keep_logits=True, budget_bytes=FUSED)
+        expect, z_expect = sel.received(maps.float(), keep_logits=True, budget_bytes=WHOLE)
+    assert z.dtype == torch.bfloat16 and torch.allclose(got, expect, rtol=1e-5, atol=1e-4)
+    assert torch.allclose(z.float(), z_expect, rtol=1e-2, atol=1e-2)  # z is handed on in the maps' dtype
+
+
+def test_kernel_refuses_what_it_cannot_take():
+    assert not selector_kernel.usable(torch.zeros(1, 2, 3, 3, dtype=torch.float64))
+    assert not selector_kernel.usable(torch.zeros(1, 2, 3, 3, device="meta"))
+    with torch.enable_grad():
+        assert not selector_kernel.usable(torch.zeros(1, 2, 3, 3))
+    with torch.no_grad():
+        assert selector_kernel.usable(torch.zeros(1, 2, 3, 3))
+    with pytest.raises(RuntimeError, match="float32"):
+        selector_kernel.kernel().selector_received(torch.zeros(1, 2, 3, 3, dtype=torch.float64), *[torch.zeros(4, 2, 3), torch.zeros(4), torch.zeros(2, 4, 3), torch.zeros(2)], False)
+
+
+@pytest.mark.parametrize("importance", ["mean", "cls"])
+def test_a_model_with_the_kernel_selects_what_pytorch_selects(monkeypatch, importance):
+    """A whole ToSA forward with the kernel (consecutive ToSA blocks, so predicted logits
+    are kept and fed on) against one-piece PyTorch: same tokens, same outputs."""
+    torch.manual_seed(0)
+    m = build_model("test_deep", "tosa", keep=0.5, placement=[2, 3, 5], importance=importance).eval()
+    with torch.no_grad():
+        for p in m.reducer.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    runs = []
+    for b in (WHOLE, FUSED):
+        monkeypatch.setattr(chunks, "budget", lambda key, runner, candidates=(), b=b: Budget(b, "set"))
+        with torch.inference_mode():
+            out = m(x)
+        runs.append((out, {i: s.index.clone() for i, s in m.reducer.last_selection.items()}))
+    (ref, ref_sel), (got, got_sel) = runs
+    assert all(torch.equal(got_sel[i], ref_sel[i]) for i in ref_sel)
+    assert torch.allclose(got, ref, atol=1e-5)
+
+
+def test_training_falls_back_to_pytorch(monkeypatch):
+    """Autograd needs the PyTorch path: with gradients on, a kernel budget gives way to its
+    fallback and gradients reach the selector."""
+    monkeypatch.setattr(chunks, "budget", lambda key, runner, candidates=(): Budget(FUSED, "set", WHOLE))
+    sel = trained_like(3, 6, 3, seed=4)
+    logits = torch.randn(2, 3, 9, 9)
+    assert sel.cpu_budget(logits) == WHOLE
+    with torch.no_grad():
+        assert sel.cpu_budget(logits) == FUSED
+    received, z = sel.received(logits, keep_logits=True)
+    F.log_softmax(z, -1).sum().backward()
+    assert sel.conv1.weight.grad is not None and sel.conv1.weight.grad.abs().sum() > 0

@@ -1,0 +1,169 @@
+// ToSA's token selector for CPU inference, one query row at a time (see selector_kernel.py).
+//
+// For every (image b, query row r) the row's logits x[h][0..N) (H heads) go through
+//   hidden[c][j] = relu(b1[c] + sum_{h,t} w1[c][h][t] x[h][j + t - p])      (Conv1d H -> C)
+//   z[h][j]      =      b2[h] + sum_{c,t} w2[h][c][t] hidden[c][j + t - p]   (Conv1d C -> H)
+// with zero padding p = (K - 1) / 2 along the keys, and then
+//   received[b][j] += sum_h softmax_j(z[h][.])[j].
+// All of a row's intermediates (H x N inputs, C x N hidden, H x N logits) stay in a few KiB
+// of per-thread scratch, so the (B, H, N, N) maps are read once and nothing map-sized is
+// written (except z itself when the caller keeps the predicted logits). The inner loops run
+// along the keys, which the compiler vectorises.
+
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+constexpr int64_t L = 8;   // floats per vector (one AVX2 register; two SSE/NEON registers)
+constexpr int64_t CB = 6;  // output channels whose sums stay in registers together
+constexpr int64_t TJ = 2;  // vectors of keys computed together
+typedef float vec __attribute__((vector_size(L * sizeof(float))));
+
+inline vec load(const float* p) {
+  vec v;
+  __builtin_memcpy(&v, p, sizeof(vec));
+  return v;
+}
+
+inline void store(float* p, vec v) { __builtin_memcpy(p, &v, sizeof(vec)); }
+
+int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+
+void check(const at::Tensor& t, int64_t dim, const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat, name, " must be a float32 CPU tensor");
+  TORCH_CHECK(t.dim() == dim && t.is_contiguous(), name, " must be a contiguous ", dim, "-d tensor");
+}
+
+// Weights (out, in, K) -> [in][K][out rounded up to CB] with zeros in the extra outputs, so
+// the CB weights one input tap gives a block of outputs are adjacent.
+std::vector<float> regroup(const at::Tensor& w, int64_t out_pad) {
+  const int64_t O = w.size(0), I = w.size(1), K = w.size(2);
+  std::vector<float> g(I * K * out_pad, 0.f);
+  const float* src = w.data_ptr<float>();
+  for (int64_t o = 0; o < O; ++o)
+    for (int64_t i = 0; i < I; ++i)
+      for (int64_t t = 0; t < K; ++t) g[(i * K + t) * out_pad + o] = src[(o * I + i) * K + t];
+  return g;
+}
+
+// out[o][j] = bias[o] + sum_{i, t} w[i][t][o] * in[i][j + t] for j in [0, n_pad): `in` holds
+// in_ch rows of in_width floats, each with its zero padding in place (see the caller), and
+// out rows are out_stride apart. The sums of CB outputs x TJ vectors of keys stay in
+// registers across all in_ch x K taps: per tap, TJ loads of keys and CB weights give
+// CB x TJ multiply-adds (12 sums + 2 inputs + 1 weight = 15 of 16 AVX2 registers).
+void conv_rows(const float* in, int64_t in_ch, int64_t in_width, const float* w, const float* bias, int64_t out_ch,
+               int64_t out_pad, int64_t K, int64_t n_pad, float* out, int64_t out_stride, bool relu) {
+  for (int64_t o0 = 0; o0 < out_ch; o0 += CB) {
+    const int64_t on = std::min(CB, out_ch - o0);
+    for (int64_t j = 0; j < n_pad; j += TJ * L) {
+      vec acc[TJ][CB];
+      for (int64_t k = 0; k < CB; ++k) {
+        const float b = k < on ? bias[o0 + k] : 0.f;
+        for (int64_t q = 0; q < TJ; ++q) acc[q][k] = vec{} + b;
+      }
+      for (int64_t i = 0; i < in_ch; ++i) {
+        for (int64_t t = 0; t < K; ++t) {
+          vec x[TJ];
+          for (int64_t q = 0; q < TJ; ++q) x[q] = load(in + i * in_width + j + t + q * L);
+          const float* wt = w + (i * K + t) * out_pad + o0;
+          for (int64_t k = 0; k < CB; ++k) {
+            const float wk = wt[k];
+            for (int64_t q = 0; q < TJ; ++q) acc[q][k] += wk * x[q];
+          }
+        }
+      }
+      for (int64_t k = 0; k < on; ++k) {
+        for (int64_t q = 0; q < TJ; ++q) {
+          vec v = acc[q][k];
+          if (relu) v = v > 0.f ? v : vec{};
+          store(out + (o0 + k) * out_stride + j + q * L, v);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+std::vector<at::Tensor> selector_received(const at::Tensor& logits, const at::Tensor& w1, const at::Tensor& b1,
+                                          const at::Tensor& w2, const at::Tensor& b2, bool keep_logits) {
+  check(logits, 4, "logits");
+  check(w1, 3, "w1");
+  check(b1, 1, "b1");
+  check(w2, 3, "w2");
+  check(b2, 1, "b2");
+  const int64_t B = logits.size(0), H = logits.size(1), R = logits.size(2), N = logits.size(3);
+  const int64_t C = w1.size(0), K = w1.size(2), P = (K - 1) / 2;
+  TORCH_CHECK(w1.size(1) == H && w2.size(0) == H && w2.size(1) == C && w2.size(2) == K && b1.size(0) == C && b2.size(0) == H,
+              "selector weights do not fit the logits' heads");
+  TORCH_CHECK(K % 2 == 1, "kernel size must be odd");
+
+  // A row of N keys is computed over n_pad = N rounded up to TJ x L; an input row is stored with
+  // P zeros before it and zeros after it up to n_pad + K - 1 floats, so tap t of output j
+  // reads position j + t (that is, key j + t - P, zero outside 0..N-1).
+  const int64_t n_pad = round_up(N, TJ * L), width = n_pad + K - 1;
+  const std::vector<float> g1 = regroup(w1, round_up(C, CB)), g2 = regroup(w2, round_up(H, CB));
+  const int threads = at::get_num_threads();
+  at::Tensor partial = at::zeros({threads, B, N}, logits.options());
+  at::Tensor z_out = keep_logits ? at::empty({B, H, R, N}, logits.options()) : at::Tensor();
+  const float* X = logits.data_ptr<float>();
+  const float* B1 = b1.data_ptr<float>();
+  const float* B2 = b2.data_ptr<float>();
+  float* Z = keep_logits ? z_out.data_ptr<float>() : nullptr;
+  float* PART = partial.data_ptr<float>();
+
+  at::parallel_for(0, B * R, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> xp(H * width, 0.f), hp(C * width, 0.f), z(H * n_pad), e(n_pad);
+    float* acc_all = PART + static_cast<int64_t>(at::get_thread_num()) * B * N;
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t b = row / R, r = row % R;
+      for (int64_t h = 0; h < H; ++h) {
+        const float* src = X + ((b * H + h) * R + r) * N;
+        std::copy(src, src + N, xp.data() + h * width + P);
+      }
+      // hidden = relu(conv1(x)), written after P zeros; keys N..n_pad-1 are not keys: zero
+      // them, they are the next convolution's padding
+      conv_rows(xp.data(), H, width, g1.data(), B1, C, round_up(C, CB), K, n_pad, hp.data() + P, width, true);
+      for (int64_t c = 0; c < C; ++c) std::fill(hp.data() + c * width + P + N, hp.data() + c * width + P + n_pad, 0.f);
+      conv_rows(hp.data(), C, width, g2.data(), B2, H, round_up(H, CB), K, n_pad, z.data(), n_pad, false);
+      float* acc = acc_all + b * N;
+      for (int64_t h = 0; h < H; ++h) {
+        float* zz = z.data() + h * n_pad;
+        if (Z != nullptr) std::copy(zz, zz + N, Z + ((b * H + h) * R + r) * N);
+        // keys N..n_pad-1 are not keys: first copies of key 0 (they cannot change the max),
+        // then far below the max (their exp is 0), so every loop runs over whole vectors
+        std::fill(zz + N, zz + n_pad, zz[0]);
+        vec mv = load(zz);
+        for (int64_t j = L; j < n_pad; j += L) {
+          const vec v = load(zz + j);
+          mv = v > mv ? v : mv;
+        }
+        float m = mv[0];
+        for (int64_t k = 1; k < L; ++k) m = std::max(m, mv[k]);
+        std::fill(zz + N, zz + n_pad, m - 1000.f);
+        float* ee = e.data();
+#pragma omp simd
+        for (int64_t j = 0; j < n_pad; ++j) ee[j] = std::exp(zz[j] - m);
+        vec sv = load(ee);
+        for (int64_t j = L; j < n_pad; j += L) sv += load(ee + j);
+        float s = 0.f;
+        for (int64_t k = 0; k < L; ++k) s += sv[k];
+        const float inv = 1.f / s;
+#pragma omp simd
+        for (int64_t j = 0; j < N; ++j) acc[j] += ee[j] * inv;
+      }
+    }
+  });
+  at::Tensor received = partial.sum(0);
+  return {received, keep_logits ? z_out : at::empty({0}, logits.options())};
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("selector_received", &selector_received, "ToSA selector: attention received per key (CPU, float32)");
+}
