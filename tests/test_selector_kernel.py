@@ -64,6 +64,28 @@ def test_kernel_equals_reference(heads, hidden, kernel, batch, rows, keys):
     assert torch.allclose(got, eager, rtol=1e-5, atol=tol) and torch.allclose(z, z_eager, rtol=1e-5, atol=1e-5)
 
 
+def test_kernel_softmax_is_exact_to_float_rounding_over_a_wide_range():
+    """The kernel's own exp (a polynomial and the exponent bits, selector_kernel.cpp) entry
+    by entry: one head, one row, a selector that passes its input through (kernel 1,
+    identity start), so every received value is one softmax probability. Logits spread over
+    +-400 reach every exponent down to where exp underflows (below e^-87 the kernel gives 0).
+    A float32 logit x below the row's maximum carries an inherent relative error of about
+    |x| x 6e-8 into exp(x); the bound allows twice that plus the polynomial's 1.2e-7."""
+    sel = TokenSelector(1, 2, 1)
+    keys = 397
+    logits = torch.linspace(-400.0, 0.0, keys)[torch.randperm(keys, generator=torch.Generator().manual_seed(3))]
+    logits = torch.cat([logits, torch.randn(3 * keys, generator=torch.Generator().manual_seed(4)) * 2]).reshape(4, 1, 1, keys)
+    with torch.inference_mode():
+        got, _ = sel.received(logits, budget_bytes=FUSED)
+    x = logits.double().squeeze(1).squeeze(1)
+    x = x - x.max(dim=-1, keepdim=True).values
+    expect = x.exp() / x.exp().sum(dim=-1, keepdim=True)
+    live = x > -87.0
+    bound = expect * (2 * 6e-8 * (x.abs() + 1) + 1.2e-7) + 1e-38
+    assert ((got.double() - expect).abs() <= bound)[live].all()
+    assert (got[~live] == 0).all() and (~live).sum() > 100  # part of the row underflowed: those are 0
+
+
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_kernel_is_the_same_with_any_thread_count(threads):
     """Rows are split between threads, each with its own partial sums: the result may not

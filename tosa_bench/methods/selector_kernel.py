@@ -7,8 +7,8 @@ far below the CPU's multiply-add rate. On the 2-core CPU (DeiT-S, batch 16, fp32
 took ~17-28 ms per selector, about 6x its share of the model's MACs. The kernel takes one
 query row at a time through both convolutions, the ReLU, the softmax and the sum into the
 row's image, keeping everything in a few KiB of per-thread scratch; it reads each map once
-and writes nothing map-sized unless the predicted logits are kept. Measured there: ~7-8 ms
-(results/README.md has the model-level figures).
+and writes nothing map-sized unless the predicted logits are kept. Measured there: 6-8 ms
+(docs/cpu-selector.md has where its time goes, results/README.md the model-level figures).
 
 It computes what :meth:`TokenSelector.received` computes, to float rounding (tests compare
 them), without autograd; it computes in float32 (16-bit maps are read into float32). It is compiled on first use, once per machine and
