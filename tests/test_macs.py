@@ -114,3 +114,48 @@ def test_evit_readme_gmacs_deit_small_fused(keep, published):
 def test_tome_paper_gmacs_deit_small(r, published):
     # ToMe paper, DeiT-S at r = 8 / 13 / 16; figures rounded to 0.1.
     assert round(formula_gmacs("deit_small_patch16_224", "tome", r=r), 1) == published
+
+
+@pytest.mark.parametrize("variant,options", [
+    ("tosa", {"keep": 0.5, "placement": [1, 2, 4]}),  # consecutive ToSA blocks, a dense block between
+    ("tosa", {"keep": 0.25, "placement": "alternate", "importance": "cls"}),
+    ("tome", {"r": 3}),
+    ("evit", {"keep": 0.5, "locations": [1, 3]}),
+])
+def test_count_point_record_fields_against_the_formula_and_by_hand(variant, options):
+    """Every field count_point writes into a record, each from an independent value: the
+    per-block GMACs (selector included) and the MACs outside blocks from the closed form,
+    block by block and exactly; the selectors' MACs and parameters by hand (two Conv1d,
+    H -> 2H -> H, kernel 3, with biases); the backbone's parameters from a dense model;
+    GFLOPs = 2 x GMACs; the ideal from the two formulas."""
+    from tosa_bench.measure.point import count_point
+    from tosa_bench.measure.spec import Point
+    from tosa_bench.methods.base import TokenReducer
+    from tosa_bench.methods.tosa import selector_macs
+
+    torch.manual_seed(0)
+    model = build_model("test_tiny", variant, **options).eval()
+    cfg = model.cfg
+    rec = count_point(model, Point("test_tiny", variant, options))
+    counts = expected_token_counts(model.reducer, cfg.num_tokens)
+    formula = analytic_macs(cfg, model.reducer, counts)
+    assert rec["gmacs_per_block"] == [m / 1e9 for m in formula.blocks]
+    assert rec["gmacs_method_outside_blocks"] == pytest.approx(sum(formula.outside) / 1e9, abs=1e-15)
+    assert rec["gmacs"] == pytest.approx(formula.gmacs, rel=1e-12) and rec["gmacs_analytic"] == formula.gmacs
+    assert rec["gflops"] == pytest.approx(2 * rec["gmacs"], rel=1e-12)
+    dense = build_model("test_tiny", "dense")
+    assert rec["params_backbone"] == sum(p.numel() for p in dense.parameters())
+    H, N = cfg.num_heads, cfg.num_tokens
+    placement = list(model.reducer.placement) if variant == "tosa" else []
+    rows = 1 if options.get("importance") == "cls" else N
+    per_selector = (2 * H) * H * 3 + 2 * H + H * (2 * H) * 3 + H
+    assert rec["params_method"] == per_selector * len(placement)
+    assert rec["params"] == rec["params_backbone"] + rec["params_method"]
+    assert rec["gmacs_selectors"] == pytest.approx(sum(selector_macs(H, 2 * H, 3, N, rows) for _ in placement) / 1e9, abs=1e-15)
+    plain = TokenReducer()
+    plain.bind(cfg)
+    dense_total = analytic_macs(cfg, plain, expected_token_counts(plain, N)).total
+    assert rec["gmacs_dense_analytic"] == dense_total / 1e9 and rec["speedup_ideal"] == dense_total / formula.total
+    assert rec["tokens_per_block"] == [[t.attn, t.mlp] for t in counts] and rec["selector_tokens_per_block"] == [t.selector for t in counts]
+    assert rec["img_size"] == 32
+    assert rec["uncounted_ops"] == count_macs(model, torch.randn(1, 3, 32, 32)).uncounted_ops

@@ -371,3 +371,397 @@ def test_point_speedup_fields_from_known_times(monkeypatch) -> None:
     ideal = analytic_gmacs("test_tiny", "dense", {}) / analytic_gmacs("test_tiny", "tosa", {"keep": 0.5})
     assert rec["speedup_ideal"] == pytest.approx(ideal, rel=1e-12)
     assert rec["speedup_efficiency"] == pytest.approx(2.0 / ideal, rel=1e-12)
+
+
+def test_point_fields_map_every_paired_statistic_to_its_own_value(monkeypatch) -> None:
+    """measure_point against a hand-built PairedStats whose every statistic differs (step
+    times spread, round ratios spread), so a field taken from the wrong statistic (min for
+    max, dense for variant, p10 for p90) or a setting not handed on is seen. Also checks
+    that the dense twin runs the variant's own backbone weights: at keep 1.0 the random
+    control computes what dense computes, so their outputs must be equal."""
+    import tosa_bench.measure.timing as timing
+    from tosa_bench.measure.point import measure_point
+    from tosa_bench.measure.spec import Point, Settings
+    from tosa_bench.measure.timing import PairedStats
+
+    dense_times = (0.004, 0.002, 0.003, 0.0035)  # median 0.00325
+    variant_times = (0.001, 0.0015, 0.002, 0.0012, 0.0011)  # median 0.0012, min 0.001, max 0.002
+    ratios = (1.5, 2.5, 2.0, 1.8, 2.2, 2.1, 1.9)  # median 2.0; 7 rounds: the 95% interval is (min, max)
+    seen: dict[str, Any] = {}
+
+    def fake_paired(step_a, step_b, timer, **kw):
+        seen.update(kw)
+        outputs = []
+        hooks = [m.register_forward_hook(lambda mod, args, out: outputs.append(out)) for m in seen_models]
+        step_a(), step_b()
+        for h in hooks:
+            h.remove()
+        seen["outputs"] = outputs
+        a = TimingStats(dense_times, 2, 0.01, 10, False, "fake", 1)
+        b = TimingStats(variant_times, 4, 0.02, 10, False, "fake", 1)
+        return PairedStats(a, b, ratios)
+
+    import tosa_bench.measure.point as point_mod
+    import tosa_bench.measure.spec as spec_mod
+    from tosa_bench.build import build_model as real_build
+
+    seen_models: list[nn.Module] = []
+
+    def recording(name, variant="dense", **kw):
+        net = real_build(name, variant, **kw)
+        seen_models.append(net)
+        return net
+
+    monkeypatch.setattr(timing, "measure_paired", fake_paired)
+    monkeypatch.setattr(point_mod, "build_model", recording)
+    monkeypatch.setattr(spec_mod, "build_model", recording)
+    settings = Settings(latency=False, memory=False, warmup=3, pair_steps=2, pair_min_rounds=5, pair_max_rounds=9, pair_budget_s=7.5,
+                        pair_target=0.03, noise_threshold=0.3)
+    rec = measure_point(Point("test_tiny", "random", {"keep": 1.0}, batch_size=4, device="cpu"), settings)
+
+    assert {k: seen[k] for k in ("warmup", "steps_per_round", "min_rounds", "max_rounds", "time_budget_s", "target_halfwidth")} == {
+        "warmup": 3, "steps_per_round": 2, "min_rounds": 5, "max_rounds": 9, "time_budget_s": 7.5, "target_halfwidth": 0.03}
+    dense_out, variant_out = seen["outputs"]
+    assert torch.equal(dense_out, variant_out)  # the twin has the variant's backbone weights
+    assert rec["throughput_img_s"] == pytest.approx(4 / 0.0012, rel=1e-12)
+    assert (rec["throughput_img_s_low"], rec["throughput_img_s_high"]) == (pytest.approx(4 / 0.002), pytest.approx(4 / 0.001))
+    assert rec["step_ms_median"] == pytest.approx(1.2)
+    assert rec["step_ms_p10"] == pytest.approx(np.percentile(variant_times, 10) * 1e3)
+    assert rec["step_ms_p90"] == pytest.approx(np.percentile(variant_times, 90) * 1e3)
+    assert (rec["timed_steps"], rec["warmup_steps"], rec["timer"]) == (5, 4, "fake")  # the variant's, not the settings'
+    assert rec["dense_throughput_img_s_paired"] == pytest.approx(4 / 0.00325, rel=1e-12)
+    assert rec["speedup_paired"] == 2.0
+    assert (rec["speedup_paired_ci_low"], rec["speedup_paired_ci_high"]) == (1.5, 2.5)
+    assert rec["speedup_paired_ci_coverage"] == pytest.approx(1 - 2 / 2**7)
+    assert (rec["speedup_paired_min"], rec["speedup_paired_max"]) == (1.5, 2.5)
+    assert rec["speedup_paired_rounds"] == list(ratios) and (rec["pair_rounds"], rec["pair_steps"]) == (7, 2)
+    assert rec["speedup_paired_noisy"] is False  # half-width 0.25 of 2.0 = 12.5%, under the 30% threshold
+    noisy = measure_point(Point("test_tiny", "random", {"keep": 1.0}, batch_size=4, device="cpu"),
+                          Settings(latency=False, memory=False, noise_threshold=0.12))
+    assert noisy["speedup_paired_noisy"] is True  # 12.5% > 12%
+
+
+# --- written for the mutation check of timing.py (docs/mutation.md, third sitting) ---
+
+
+def test_paired_defaults_warm_up_twice_and_run_6_to_20_single_step_rounds() -> None:
+    from tosa_bench.measure.timing import measure_paired
+
+    order: list[str] = []
+    steady = measure_paired(*_pair(order), SideTimer(order, {"a": [1.0] * 40, "b": [0.5] * 40}))
+    assert "".join(order[:4]) == "abab" and steady.a.warmup_steps == steady.b.warmup_steps == 2
+    assert len(steady.round_ratios) == 6 and steady.a.repeats == steady.b.repeats == 6  # narrow at once: the minimum
+    assert steady.a.requested_repeats == 20  # max_rounds x steps_per_round
+    order2: list[str] = []
+    jitter = [1.0, 1.3, 0.8, 1.2, 0.9, 1.4, 0.7, 1.1] * 6
+    wide = measure_paired(*_pair(order2), SideTimer(order2, {"a": jitter, "b": [1.0] * 48}))
+    assert len(wide.round_ratios) == 20  # never narrow: the maximum
+
+
+@pytest.mark.parametrize("kwargs", [{"steps_per_round": 0}, {"max_rounds": 0}, {"min_rounds": 0}])
+def test_paired_refuses_each_count_below_one(kwargs) -> None:
+    from tosa_bench.errors import OptionError
+    from tosa_bench.measure.timing import measure_paired
+
+    with pytest.raises(OptionError, match=r"need steps_per_round, max_rounds and min_rounds >= 1, got"):
+        measure_paired(lambda: None, lambda: None, FakeTimer([1.0] * 10), **kwargs)
+
+
+@pytest.mark.parametrize("budget", [0, 0.0, -1.0])
+def test_paired_and_measure_refuse_a_budget_that_is_not_positive(budget) -> None:
+    from tosa_bench.errors import OptionError
+    from tosa_bench.measure.timing import measure_paired
+
+    with pytest.raises(OptionError, match=rf"time budget: expected a number of seconds > 0, got {budget}"):
+        measure_paired(lambda: None, lambda: None, FakeTimer([1.0] * 10), time_budget_s=budget)
+    with pytest.raises(OptionError, match=rf"time budget: expected a number of seconds > 0, got {budget}"):
+        measure(lambda: None, 1, 3, FakeTimer([1.0] * 10), time_budget_s=budget)
+
+
+def test_paired_records_each_sides_own_warmup_time() -> None:
+    from tosa_bench.measure.timing import measure_paired
+
+    order: list[str] = []
+    pair = measure_paired(*_pair(order), SideTimer(order, {"a": [3.0, 5.0] + [1.0] * 6, "b": [2.0, 0.25] + [0.5] * 6}), warmup=2,
+                          min_rounds=6, max_rounds=6)
+    assert (pair.a.warmup_time_s, pair.b.warmup_time_s) == (8.0, 2.25)
+
+
+def test_paired_budget_counts_from_zero_and_stops_warmup_at_exactly_a_quarter() -> None:
+    """Steps of 1 s: with a 3 s budget and no warm-up, round 1 spends 2 s (< 3: go on) and
+    round 2 reaches 4 s (stop): 2 rounds. With an 8 s budget, one warm-up step of each
+    spends exactly a quarter (2 s): warm-up stops there. With 0.1 s steps and a 0.5 s
+    budget a quarter is 0.125 s: again one warm-up step of each."""
+    from tosa_bench.measure.timing import measure_paired
+
+    two = measure_paired(lambda: None, lambda: None, FakeTimer([1.0] * 40), warmup=0, min_rounds=1, max_rounds=10, time_budget_s=3.0,
+                         target_halfwidth=-1)
+    assert len(two.round_ratios) == 2 and two.a.stopped_by_budget
+    quarter = measure_paired(lambda: None, lambda: None, FakeTimer([1.0] * 40), warmup=5, min_rounds=2, max_rounds=2, time_budget_s=8.0)
+    assert quarter.a.warmup_steps == quarter.b.warmup_steps == 1
+    small = measure_paired(lambda: None, lambda: None, FakeTimer([0.1] * 40), warmup=5, min_rounds=2, max_rounds=2, time_budget_s=0.5)
+    assert small.a.warmup_steps == small.b.warmup_steps == 1
+
+
+def test_timing_stats_summary_and_throughput_by_hand() -> None:
+    stats = TimingStats((0.004, 0.001, 0.002, 0.003, 0.010), 3, 0.5, 7, True, "fake", 2)
+    assert stats.summary() == {
+        "timer": "fake", "num_threads": 2, "warmup_steps": 3, "warmup_time_s": 0.5, "requested_repeats": 7, "repeats": 5,
+        "stopped_by_budget": True, "step_time_s_median": 0.003, "step_time_s_mean": pytest.approx(0.004),
+        "step_time_s_min": 0.001, "step_time_s_max": 0.010,
+        "step_time_s_p10": pytest.approx(np.percentile([0.004, 0.001, 0.002, 0.003, 0.010], 10)),
+        "step_time_s_p90": pytest.approx(np.percentile([0.004, 0.001, 0.002, 0.003, 0.010], 90)),
+        "step_time_s_iqr": pytest.approx(0.004 - 0.002), "step_times_s": [0.004, 0.001, 0.002, 0.003, 0.010],
+    }
+    tp = stats.throughput(4)
+    assert (tp.batch_size, tp.images_per_s, tp.images_per_s_low, tp.images_per_s_high) == (4, pytest.approx(4 / 0.003),
+                                                                                            pytest.approx(400.0), pytest.approx(4000.0))
+    from tosa_bench.errors import OptionError
+
+    with pytest.raises(OptionError, match="batch_size must be >= 1, got 0"):
+        stats.throughput(0)
+
+
+def test_measure_takes_one_repeat_and_keeps_three_by_default_under_a_budget() -> None:
+    one = measure(lambda: None, 0, 1, FakeTimer([1.0]))
+    assert one.repeats == 1 and one.stopped_by_budget is False
+    one_budgeted = measure(lambda: None, 0, 1, FakeTimer([5.0, 5.0]), time_budget_s=1.0)
+    assert one_budgeted.repeats == 1  # the floor is min(3, repeats) = 1, not 2
+    floor = measure(lambda: None, 0, 10, FakeTimer([5.0] * 10), time_budget_s=1.0)
+    assert floor.repeats == 3 and floor.stopped_by_budget is True  # min_repeats defaults to 3
+    from tosa_bench.errors import OptionError
+
+    with pytest.raises(OptionError, match="need warmup >= 0 and repeats >= 1, got warmup=0, repeats=0"):
+        measure(lambda: None, 0, 0, FakeTimer([]))
+
+
+def test_throughput_and_latency_defaults_and_their_fixed_images(monkeypatch) -> None:
+    """Defaults: fp32, 10 warm-up and 40 timed steps, no compile (torch.compile must not be
+    called); the images are torch.randn from a generator seeded 0, so every variant sees
+    the same batch; a budget is passed down (0.5 s of 1 s steps: the minimum 3 steps)."""
+    monkeypatch.setattr(torch, "compile", lambda *a, **k: pytest.fail("compiled without compile=True"))
+    seen: list[torch.Tensor] = []
+
+    class Record(nn.Module):
+        def forward(self, x):
+            seen.append(x.clone())
+            return x
+
+    r = measure_throughput(Record(), 2, (8, 4), "cpu", timer=FakeTimer([0.01] * 50))
+    assert (r["dtype"], r["warmup_steps"], r["repeats"], r["compile"]) == ("fp32", 10, 40, False)
+    assert torch.equal(seen[0], torch.randn(2, 3, 8, 4, generator=torch.Generator().manual_seed(0)))
+    lat = measure_latency(Record(), 8, "cpu", timer=FakeTimer([0.01] * 50))
+    assert (lat["dtype"], lat["warmup_steps"], lat["repeats"], lat["compile"]) == ("fp32", 10, 40, False)
+    budgeted = measure_throughput(Record(), 2, 8, "cpu", warmup=0, repeats=10, time_budget_s=0.5, timer=FakeTimer([1.0] * 10))
+    assert budgeted["repeats"] == 3 and budgeted["stopped_by_budget"] is True
+    budgeted_lat = measure_latency(Record(), 8, "cpu", warmup=0, repeats=10, time_budget_s=0.5, timer=FakeTimer([1.0] * 10))
+    assert budgeted_lat["repeats"] == 3
+
+
+def test_cuda_timer_uses_its_device_and_torch_cuda_by_default() -> None:
+    class DeviceLog(FakeCuda):
+        def __init__(self) -> None:
+            super().__init__()
+            self.devices: list[Any] = []
+
+        def current_stream(self, device: Any = None) -> str:
+            self.devices.append(("stream", device))
+            return "stream0"
+
+        def synchronize(self, device: Any = None) -> None:
+            self.devices.append(("sync", device))
+
+    cuda = DeviceLog()
+    CudaEventTimer("cuda:1", cuda=cuda).time(lambda: None)
+    assert cuda.devices == [("stream", "cuda:1"), ("sync", "cuda:1")]
+    assert CudaEventTimer("cuda:0")._cuda is torch.cuda
+    timer = default_timer("cuda:1")
+    assert isinstance(timer, CudaEventTimer) and timer._device == torch.device("cuda:1")
+    from tosa_bench.errors import OptionError
+
+    with pytest.raises(OptionError, match=r"device: timing supports 'cpu' and 'cuda', got 'meta'"):
+        default_timer("meta")
+
+
+def test_paired_stops_on_its_own_level_and_at_exactly_the_target() -> None:
+    """Rounds 1-6 give ratios 2, 2, 2, 2, 2.5, 1.5 (then 2): the 95% interval of 6 rounds is
+    (1.5, 2.5), a half-width of exactly 0.25 of the median 2. A target of 0.25 stops at 6
+    rounds, 0.2 runs to the maximum. At level 0.6 the interval of the same rounds is
+    (2, 2): it stops at 6 even with a target of 0. A level equal to the 6-round coverage
+    (1 - 2/64) is reached. Every PairedStats carries the level, the timer's name, the
+    thread count and max_rounds x steps_per_round as requested steps."""
+    from tosa_bench.measure.timing import measure_paired
+
+    def run(**kw):
+        order: list[str] = []
+        a = [2.0, 2.0, 2.0, 2.0, 2.5, 1.5] + [2.0] * 20
+        return measure_paired(*_pair(order), SideTimer(order, {"a": a, "b": [1.0] * 26}), warmup=0, min_rounds=6, max_rounds=8, **kw)
+
+    at_target = run(target_halfwidth=0.25)
+    assert len(at_target.round_ratios) == 6 and at_target.halfwidth == 0.25
+    assert len(run(target_halfwidth=0.2).round_ratios) == 8
+    loose = run(target_halfwidth=0.0, level=0.6)
+    assert len(loose.round_ratios) == 6 and loose.level == 0.6 and loose.interval[:2] == (2.0, 2.0)
+    exact = run(target_halfwidth=0.25, level=1 - 2 / 64)
+    assert len(exact.round_ratios) == 6
+    assert at_target.a.stopped_by_budget is False and at_target.b.stopped_by_budget is False
+    assert at_target.a.timer == at_target.b.timer == "fake" and at_target.a.num_threads == torch.get_num_threads()
+    # 20 equal rounds at level 0.98: the interval (x_5, x_16) covers 98.8%; the 95% pair
+    # (x_6, x_15) only 95.9%, which a coverage check at the wrong level would take as short
+    order3: list[str] = []
+    high = measure_paired(*_pair(order3), SideTimer(order3, {"a": [1.0] * 30, "b": [0.5] * 30}), warmup=0, min_rounds=20, max_rounds=22,
+                          level=0.98)
+    assert len(high.round_ratios) == 20
+    order: list[str] = []
+    two_steps = measure_paired(*_pair(order), SideTimer(order, {"a": [1.0] * 20, "b": [0.5] * 20}), warmup=0, steps_per_round=2,
+                               min_rounds=4, max_rounds=4)
+    assert two_steps.a.requested_repeats == two_steps.b.requested_repeats == 8
+
+
+def test_paired_budget_reached_exactly_stops() -> None:
+    from tosa_bench.measure.timing import measure_paired
+
+    pair = measure_paired(lambda: None, lambda: None, FakeTimer([1.0] * 40), warmup=0, min_rounds=1, max_rounds=10, time_budget_s=4.0,
+                          target_halfwidth=-1)
+    assert len(pair.round_ratios) == 2 and pair.a.stopped_by_budget is True
+
+
+def test_measure_min_repeats_one_stops_after_one_step_and_batch_size_is_checked() -> None:
+    stats = measure(lambda: None, 0, 5, FakeTimer([2.0] * 5), time_budget_s=1.0, min_repeats=1)
+    assert stats.repeats == 1 and stats.stopped_by_budget is True
+    from tosa_bench.errors import OptionError
+
+    with pytest.raises(OptionError, match="batch_size must be >= 1, got 0"):
+        measure_throughput(Tiny(), 0, 16, "cpu", timer=FakeTimer([]))
+
+
+@pytest.mark.parametrize("variant,settings_kw,paired", [
+    ("random", {"paired": False}, False),  # a variant timed alone when pairing is off
+    ("dense", {}, False),  # dense is not paired with itself by default
+    ("dense", {"pair_dense": True}, True),  # ... unless asked (the A/A check)
+    ("random", {}, True),
+])
+def test_point_pairs_exactly_when_asked(monkeypatch, variant, settings_kw, paired) -> None:
+    import tosa_bench.measure.timing as timing
+    from tosa_bench.measure.point import measure_point
+    from tosa_bench.measure.spec import Point, Settings
+    from tosa_bench.measure.timing import PairedStats
+
+    calls: list[str] = []
+
+    def fake_paired(step_a, step_b, timer, **kw):
+        calls.append("paired")
+        s = TimingStats((0.002,) * 6, 1, 0.002, 6, False, "fake", 1)
+        return PairedStats(s, s, (1.0,) * 6)
+
+    monkeypatch.setattr(timing, "measure_paired", fake_paired)
+    monkeypatch.setattr(timing, "default_timer", lambda device: FakeTimer([0.001] * 100))
+    options = {} if variant == "dense" else {"keep": 0.5}
+    rec = measure_point(Point("test_tiny", variant, options, batch_size=2, device="cpu"),
+                        Settings(latency=False, memory=False, warmup=1, repeats=3, **settings_kw))
+    assert (calls == ["paired"]) is paired
+    assert (rec.get("speedup_paired") is not None) is paired
+
+
+def test_point_dense_twin_gets_the_points_checkpoint_size_images_and_compile(monkeypatch, tmp_path) -> None:
+    """The dense twin is built with the point's checkpoint and image size; with
+    ``compile`` both sides are compiled (and without it neither); both sides run the same
+    images, torch.randn from a generator seeded 0."""
+    import tosa_bench.measure.point as point_mod
+    import tosa_bench.measure.spec as spec_mod
+    import tosa_bench.measure.timing as timing
+    from tosa_bench.build import build_model as real_build
+    from tosa_bench.measure.point import measure_point
+    from tosa_bench.measure.spec import Point, Settings
+    from tosa_bench.measure.timing import PairedStats
+
+    builds: list[tuple[str, dict]] = []
+    inputs: list[torch.Tensor] = []
+
+    def recording(name, variant="dense", **kw):
+        builds.append((variant, dict(kw)))
+        net = real_build(name, variant, img_size=kw.get("img_size"), **{k: v for k, v in kw.items() if k not in ("checkpoint", "selector", "img_size")})
+        net.register_forward_pre_hook(lambda mod, args: inputs.append(args[0].clone()))
+        return net
+
+    def fake_paired(step_a, step_b, timer, **kw):
+        step_a(), step_b()
+        s = TimingStats((0.002,) * 6, 1, 0.002, 6, False, "fake", 1)
+        return PairedStats(s, s, (1.0,) * 6)
+
+    compiled: list[nn.Module] = []
+    monkeypatch.setattr(torch, "compile", lambda m, *a, **k: compiled.append(m) or m)
+    monkeypatch.setattr(timing, "measure_paired", fake_paired)
+    monkeypatch.setattr(point_mod, "build_model", recording)
+    monkeypatch.setattr(spec_mod, "build_model", recording)
+    monkeypatch.setattr(point_mod, "_check_finite", lambda *a: None)
+    ckpt = tmp_path / "weights.safetensors"
+    point = Point("test_tiny", "random", {"keep": 0.5}, batch_size=2, device="cpu", img_size=48, checkpoint=str(ckpt))
+    settings = Settings(latency=False, memory=False, warmup=1, repeats=3)
+    import tosa_bench.measure.point as pm
+
+    monkeypatch.setattr(pm, "count_point", lambda model, p: {})
+    measure_point(point, settings)
+    dense_builds = [kw for variant, kw in builds if variant == "dense"]
+    assert dense_builds and all(kw["checkpoint"] == str(ckpt) and kw["img_size"] == 48 for kw in dense_builds)
+    assert compiled == []
+    expected = torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(0))
+    assert len(inputs) == 2 and all(torch.equal(x, expected) for x in inputs)
+    builds.clear()
+    measure_point(Point("test_tiny", "random", {"keep": 0.5}, batch_size=2, device="cpu", compile=True), settings)
+    assert len(compiled) == 2 and {type(m).__name__ for m in compiled} == {"VisionTransformer"}
+
+
+def test_point_unpaired_fields_come_from_measure_throughput(monkeypatch) -> None:
+    """paired=False: the throughput fields are measure_throughput's, each from its own key,
+    and the point's budget and compile flag are handed to it."""
+    import tosa_bench.measure.timing as timing
+    from tosa_bench.measure.point import measure_point
+    from tosa_bench.measure.spec import Point, Settings
+
+    seen: dict[str, Any] = {}
+
+    def fake_throughput(model, batch_size, img_size, device, dtype, warmup, repeats, time_budget_s, compile, timer=None):
+        seen.update(warmup=warmup, repeats=repeats, time_budget_s=time_budget_s, compile=compile, batch_size=batch_size)
+        return {"images_per_s": 100.0, "images_per_s_low": 80.0, "images_per_s_high": 125.0, "step_time_s_median": 0.02,
+                "step_time_s_p10": 0.017, "step_time_s_p90": 0.024, "repeats": 7, "warmup_steps": 4, "timer": "fake-tp"}
+
+    monkeypatch.setattr(timing, "measure_throughput", fake_throughput)
+    monkeypatch.setattr(torch, "compile", lambda m, *a, **k: m)
+    rec = measure_point(Point("test_tiny", "random", {"keep": 0.5}, batch_size=2, device="cpu", compile=True),
+                        Settings(latency=False, memory=False, paired=False, warmup=4, repeats=7, time_budget_s=3.5))
+    assert seen == {"warmup": 4, "repeats": 7, "time_budget_s": 3.5, "compile": True, "batch_size": 2}
+    assert {k: rec[k] for k in ("throughput_img_s", "throughput_img_s_low", "throughput_img_s_high", "step_ms_median", "step_ms_p10",
+                                "step_ms_p90", "timed_steps", "warmup_steps", "timer")} == {
+        "throughput_img_s": 100.0, "throughput_img_s_low": 80.0, "throughput_img_s_high": 125.0, "step_ms_median": 20.0,
+        "step_ms_p10": pytest.approx(17.0), "step_ms_p90": pytest.approx(24.0), "timed_steps": 7, "warmup_steps": 4, "timer": "fake-tp"}
+
+
+def test_median_interval_edges_and_noisy_at_exactly_its_limits() -> None:
+    """One value: (x, x) with coverage 1 - 2 P(Bin(1, 1/2) <= 0) = 0; no values: a clear
+    error. A pair whose half-width is exactly the threshold, or whose coverage is exactly
+    its level, is not noisy (the limits are inclusive)."""
+    from tosa_bench.measure.timing import PairedStats, median_interval
+
+    assert median_interval([3.0]) == (3.0, 3.0, 0.0)
+    with pytest.raises(ValueError, match="^median_interval: no values$"):
+        median_interval([])
+    s = TimingStats((1.0,), 0, 0.0, 1, False, "fake", 1)
+    pair = PairedStats(s, s, (2.0, 2.0, 2.0, 2.0, 2.5, 1.5))  # interval (1.5, 2.5): half-width 0.25
+    assert pair.halfwidth == 0.25 and not pair.noisy(0.25) and pair.noisy(0.2499)
+    exact = PairedStats(s, s, (2.0,) * 6, level=1 - 2 / 64)  # 6 rounds cover exactly 1 - 2/64
+    assert exact.interval[2] == exact.level and not exact.noisy(0.05)
+
+
+def test_median_interval_at_low_levels_reaches_the_median_and_one_step_stats() -> None:
+    """At level 0 the largest k qualifies: for 5 values k = 3, the median itself, with
+    coverage exactly 0 (1 - 2 P(Bin(5, 1/2) <= 2)). One timed step: every percentile is
+    that step. No timed step: a clear error."""
+    from tosa_bench.measure.timing import median_interval
+
+    assert median_interval([5.0, 1.0, 4.0, 2.0, 3.0], level=0.0) == (3.0, 3.0, 0.0)
+    assert median_interval([5.0, 1.0, 4.0, 2.0, 3.0], level=0.3) == (2.0, 4.0, pytest.approx(1 - 2 * 6 / 32))
+    one = TimingStats((0.5,), 0, 0.0, 1, False, "fake", 1)
+    assert (one.p10_s, one.p90_s, one.iqr_s, one.median_s) == (0.5, 0.5, 0.0, 0.5)
+    with pytest.raises(ValueError, match="^TimingStats needs at least one timed step$"):
+        TimingStats((), 0, 0.0, 1, False, "fake", 1)
