@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tosa_bench.errors import OptionError
 from tosa_bench import build_model
 from tosa_bench.methods.base import kept_count
 from tosa_bench.methods.tosa import TokenSelector, parse_placement
@@ -411,6 +412,16 @@ def test_placement_schemes():
     assert parse_placement("last:3", 12) == (9, 10, 11)
     assert parse_placement("all", 4) == (1, 2, 3)
     assert parse_placement("7, 3", 12) == (3, 7)
+    with pytest.raises(OptionError, match="needs an integer after 'last:'"):
+        parse_placement("last:3:4", 12)  # not the first or last number of it
+    assert parse_placement("last:1", 12) == (11,) and parse_placement("last:11", 12) == tuple(range(1, 12))  # both ends
+    with pytest.raises(OptionError, match=r"block index -1 out of range \[1, 11\]"):
+        parse_placement("3, -1", 12)  # a negative index is read as one, and refused as out of range
+    with pytest.raises(OptionError, match="unknown scheme '3-'; use one of alternate, alternate-even, second-half, all, last:K or"):
+        parse_placement("3-", 12)
+    for k in ("last:0", "last:12"):
+        with pytest.raises(OptionError, match=r"must name 1\.\.11 blocks"):
+            parse_placement(k, 12)
 
 
 @pytest.mark.parametrize(
