@@ -61,8 +61,7 @@ def build_model(
         load_backbone(model, state, source=f"checkpoint {checkpoint}")
     if selector is not None:
         if not method.accepts_selector:
-            takers = [n for n in registry.names() if registry.get(n).accepts_selector]
-            raise OptionError(f"selector: selector weights apply to the {', '.join(takers)} variant, not {variant!r}")
+            raise OptionError(f"selector: selector weights apply to the {', '.join(registry.selector_takers())} variant, not {variant!r}")
         check_selector_file(selector, model)  # trained for another model or placement: said in one line
         load_method_weights(model, read_state_dict(selector), source=f"selector weights {selector}")
     return model.eval()

@@ -32,7 +32,10 @@ def calibrate_command(
     from tosa_bench.precision import autocast, resolve_autocast
 
     resolve_autocast(dtype.value, "cpu")
-    net = build_model(model, "tosa", keep=0.5).eval()  # a map block (explicit attention) and selectors: both ops
+    from tosa_bench.methods import registry
+
+    # the method with selectors (ToSA) has both chunked ops: a map block's explicit attention and its selectors
+    net = build_model(model, registry.selector_takers()[0], keep=0.5).eval()
     if refresh:
         dropped = chunks.drop_machine()
         out.print(f"forgot {dropped} calibration(s) of this machine")

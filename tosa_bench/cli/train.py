@@ -218,7 +218,7 @@ def run_training(kind: str, task_builder, config, out_dir: Path, resume: bool, *
 def _selector_method() -> str:
     """The registered method whose selectors ``train selector`` distils (the one that
     takes ``--selector`` files: ToSA)."""
-    takers = [n for n in registry.names() if registry.get(n).accepts_selector]
+    takers = registry.selector_takers()
     if len(takers) != 1:
         raise OptionError(f"train selector: expected one method that takes selector weights, found {', '.join(takers) or 'none'}")
     return takers[0]

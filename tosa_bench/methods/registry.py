@@ -219,6 +219,11 @@ def names() -> tuple[str, ...]:
     return tuple(sorted(_REGISTRY, key=lambda n: (_REGISTRY[n].order, n)))
 
 
+def selector_takers() -> tuple[str, ...]:
+    """The registered methods that take trained selector weights (``accepts_selector``)."""
+    return tuple(n for n in names() if _REGISTRY[n].accepts_selector)
+
+
 def builtin_names() -> tuple[str, ...]:
     """The methods that ship with tosa-bench (the default run sweeps these)."""
     _ensure_loaded()
