@@ -18,6 +18,8 @@ CASES = [
     ("tosa", {"keep": 0.5, "importance": "cls", "placement": "all"}),
     ("tosa", {"keep": 0.5, "importance": "cls"}),
     ("tosa", {"keep": 0.4, "importance": "cls", "placement": "2,3,5"}),
+    ("tosa", {"keep": 0.9}),  # test_tiny: runs 15 of 16 patches, one short of all
+    ("tosa", {"keep": 1.0}),  # every token runs: no selector runs, dense's MACs (the A/A check's premise)
     ("random", {"keep": 0.4}),
     ("tome", {"r": 4}),
     ("tome", {"r": 3, "schedule": "decreasing", "prop_attn": False}),

@@ -11,7 +11,7 @@ import pytest
 
 from tosa_bench import build_model
 from tosa_bench.errors import OptionError
-from tosa_bench.methods.base import BlockTokens, kept_count
+from tosa_bench.methods.base import BlockTokens, kept_count, validate_block_indices, validate_keep
 from tosa_bench.methods.evit import default_locations
 from tosa_bench.methods.registry import expected_token_counts
 from tosa_bench.methods.tome import max_merge, r_schedule, tome_r_for_keep
@@ -32,6 +32,39 @@ from tosa_bench.methods.tosa import selector_macs
 )
 def test_kept_count(keep, n, k):
     assert kept_count(keep, n) == k and type(kept_count(keep, n)) is int
+
+
+def test_validate_keep_accepts_0_to_1_and_names_what_it_refuses():
+    assert validate_keep(1) == 1.0 and type(validate_keep(1)) is float
+    assert validate_keep(0.25) == 0.25 and validate_keep(1e-9) == 1e-9
+    for bad, message in [
+        (True, "keep must be a number in (0, 1], got True"),
+        ("0.5", "keep must be a number in (0, 1], got '0.5'"),
+        (None, "keep must be a number in (0, 1], got None"),
+        (0.0, "keep must be in (0, 1], got 0.0"),
+        (-0.5, "keep must be in (0, 1], got -0.5"),
+        (1.0000001, "keep must be in (0, 1], got 1.0000001"),
+        (float("nan"), "keep must be in (0, 1], got nan"),
+    ]:
+        with pytest.raises(OptionError) as err:
+            validate_keep(bad)
+        assert str(err.value) == message
+
+
+def test_validate_block_indices_sorts_and_names_what_it_refuses():
+    assert validate_block_indices("where", [5, 0, 11], 12) == (0, 5, 11)
+    assert validate_block_indices("where", (3,), 12, lowest=3) == (3,)
+    for indices, lowest, message in [
+        ([3.0], 0, "where: block index 3.0 is not an integer"),
+        (["3"], 0, "where: block index '3' is not an integer"),
+        ([False], 0, "where: block index False is not an integer"),
+        ([12], 0, "where: block index 12 out of range [0, 11] for a 12-block model"),
+        ([0], 1, "where: block index 0 out of range [1, 11] for a 12-block model"),
+        ([4, 2, 4], 0, "where: repeated block index in [4, 2, 4]"),
+    ]:
+        with pytest.raises(OptionError) as err:
+            validate_block_indices("where", indices, 12, lowest=lowest)
+        assert str(err.value) == message
 
 
 def test_max_merge():
