@@ -207,6 +207,12 @@ def test_a_model_calibrates_its_real_ops_and_names_them(monkeypatch):
         m(torch.randn(2, 3, 32, 32))
     used = chunks.used_by(m)
     assert len(timed) == 2 and sorted(k.split(" ")[0] for k in used) == ["attention", "selector"]
+    from tosa_bench.methods import selector_kernel
+
+    tag = selector_kernel.build_tag() or "pytorch ops only"
+    # test_deep: 2 heads of 16 dims, 65 tokens; selector hidden 2 x heads, kernel 3
+    assert any(k.startswith(f"selector heads 2 hidden 4 kernel 3 keys 65 | {tag} float32 | ") for k in used), used
+    assert any(k.startswith("attention heads 2 tokens 65 head_dim 16 | chunks or fused float32 | ") for k in used), used
     assert {v["source"] for v in used.values()} == {"calibrated"}
     chunks.forget_budgets()
     m2 = build_model("test_deep", "tosa", keep=0.5, placement=[2, 3, 5]).eval()
@@ -235,3 +241,37 @@ def test_calibrate_command_shows_the_plan_of_both_ops():
     assert "attention" in result.output and "selector" in result.output and "calibrated" in result.output
     again = CliRunner().invoke(app, ["calibrate", "--model", "test_deep", "--refresh"])
     assert again.exit_code == 0 and "forgot 2 calibration(s)" in again.output and "calibrated" in again.output
+
+
+def test_a_kernel_that_is_off_says_why_and_leaves_the_pytorch_path(monkeypatch):
+    """With the kernel turned off (or not built) it is no calibration candidate
+    (``build_tag`` None), and calling it anyway names the reason, not a bare error."""
+    from tosa_bench.methods import selector_kernel
+    from tosa_bench.methods.tosa import TokenSelector
+
+    sel = TokenSelector(2, 4, 3)
+    logits = torch.randn(1, 2, 5, 5)
+    for attr in ("_module", "_reason", "_tried"):
+        monkeypatch.setattr(selector_kernel, attr, getattr(selector_kernel, attr))
+    monkeypatch.setenv(selector_kernel.DISABLE_ENV, "1")
+    monkeypatch.setattr(selector_kernel, "_tried", False)
+    monkeypatch.setattr(selector_kernel, "_module", None)
+    assert selector_kernel.kernel() is None and selector_kernel.build_tag() is None
+    assert selector_kernel.unavailable_reason() == "turned off by TOSA_BENCH_NO_SELECTOR_KERNEL"
+    with pytest.raises(RuntimeError, match="^turned off by TOSA_BENCH_NO_SELECTOR_KERNEL$"):
+        selector_kernel.received(logits, sel.conv1, sel.conv2, False)
+    monkeypatch.setattr(selector_kernel, "_reason", None)  # tried, no module, no reason recorded
+    with pytest.raises(RuntimeError, match="^the selector kernel is not available$"):
+        selector_kernel.received(logits, sel.conv1, sel.conv2, False)
+    with torch.no_grad():
+        assert sel.cpu_budget(logits) != FUSED
+
+
+def test_a_cls_rule_selector_is_keyed_by_its_keys_not_its_single_row():
+    """Under the "cls" rule the selector reads (B, H, 1, N) maps: its calibration key names
+    the N keys (65 on test_deep), the same op as the "mean" rule's."""
+    m = build_model("test_deep", "tosa", keep=0.5, importance="cls").eval()
+    with torch.inference_mode():
+        m(torch.randn(2, 3, 32, 32))
+    selectors = [k for k in chunks.used_by(m) if k.startswith("selector ")]
+    assert selectors and all(k.startswith("selector heads 2 hidden 4 kernel 3 keys 65 | ") for k in selectors), selectors

@@ -116,6 +116,13 @@ def test_bfloat16_maps_are_read_into_float32():
     assert torch.allclose(z.float(), z_expect, rtol=1e-2, atol=1e-2)  # z is handed on in the maps' dtype
 
 
+def test_a_built_kernel_names_its_build():
+    """Calibrations that timed the kernel are keyed by its build tag: the hash of its
+    source, flags and machine, so a changed kernel is timed afresh."""
+    tag = selector_kernel.build_tag()
+    assert tag == selector_kernel._build_name() and tag.startswith("tosa_bench_selector_") and len(tag) == len("tosa_bench_selector_") + 12
+
+
 def test_kernel_refuses_what_it_cannot_take():
     assert not selector_kernel.usable(torch.zeros(1, 2, 3, 3, dtype=torch.float64))
     assert not selector_kernel.usable(torch.zeros(1, 2, 3, 3, device="meta"))

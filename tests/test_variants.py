@@ -323,6 +323,59 @@ def test_random_control_draws_afresh_per_block_and_per_forward_and_can_pick_ever
     assert set(chosen.tolist()) == set(range(1, N))
 
 
+@pytest.mark.parametrize(
+    "variant,given,recorded",
+    [
+        ("dense", {}, {}),
+        # the defaults (ToMe's r 8 and proportional attention, EViT's keep 0.7 and fused token)
+        ("tosa", {}, {"keep": 0.5, "placement": [1, 3, 5, 7, 9, 11], "importance": "mean", "selector_hidden": 4, "selector_kernel": 3}),
+        ("random", {}, {"keep": 0.5, "placement": [1, 3, 5, 7, 9, 11], "seed": 0}),
+        ("tome", {}, {"r": 8, "prop_attn": True, "schedule": "constant"}),
+        ("evit", {}, {"keep": 0.7, "locations": [3, 6, 9], "fuse": True}),
+        ("tosa", {"keep": 0.5}, {"keep": 0.5, "placement": [1, 3, 5, 7, 9, 11], "importance": "mean", "selector_hidden": 4, "selector_kernel": 3}),
+        ("tosa", {"keep": 0.3, "placement": "last:2", "importance": "cls", "selector_hidden": 6, "selector_kernel": 5},
+         {"keep": 0.3, "placement": [10, 11], "importance": "cls", "selector_hidden": 6, "selector_kernel": 5}),
+        ("random", {"keep": 0.25, "seed": 7}, {"keep": 0.25, "placement": [1, 3, 5, 7, 9, 11], "seed": 7}),
+        ("tome", {"r": 4}, {"r": 4, "prop_attn": True, "schedule": "constant"}),
+        ("tome", {"r": 3, "prop_attn": False, "schedule": "decreasing"}, {"r": 3, "prop_attn": False, "schedule": "decreasing"}),
+        ("evit", {"keep": 0.5}, {"keep": 0.5, "locations": [3, 6, 9], "fuse": True}),
+        ("evit", {"keep": 0.7, "locations": [2, 4], "fuse": False}, {"keep": 0.7, "locations": [2, 4], "fuse": False}),
+    ],
+)
+def test_reducer_options_record_every_resolved_setting_and_rebuild_the_same_model(variant, given, recorded):
+    """A record's ``options`` (what its config hash covers) names every setting the model
+    ran with, defaults resolved (test_deep: 12 blocks, 2 heads), and building from them
+    gives the same reducer."""
+    m = built(variant, **given)
+    assert m.reducer.options() == recorded
+    assert built(variant, **recorded).reducer.options() == recorded
+
+
+@pytest.mark.parametrize(
+    "options,biased",
+    [
+        ({"r": 4}, set(range(1, 12))),  # merging starts in block 0: every later block weighs by size
+        ({"r": [0, 0, 3] + [2] * 9}, set(range(3, 12))),  # nothing merged before block 2's merge
+        ({"r": 4, "prop_attn": False}, set()),
+        ({"r": 0}, set()),
+    ],
+)
+def test_tome_biases_attention_by_size_only_after_a_merge(images, options, biased):
+    """Proportional attention adds log(size) to the keys' logits; before the first merge
+    every size is 1, so no bias is passed and the block keeps its unbiased fused path."""
+    m = built("tome", **options)
+    seen = set()
+    for i, blk in enumerate(m.blocks):
+        def spy(x, bias=None, need_logits=False, _i=i, _inner=blk.attention):
+            if bias is not None:
+                seen.add(_i)
+            return _inner(x, bias=bias, need_logits=need_logits)
+        blk.attention = spy
+    with torch.no_grad():
+        m(images[:2])
+    assert seen == biased
+
+
 def test_reducers_hand_back_the_full_map_only_when_asked(images):
     """ReducerOutput.full is None unless ``need_full`` (its documented contract)."""
     for variant, options in [("dense", {}), ("tosa", {"keep": 0.5}), ("random", {"keep": 0.5}), ("tome", {"r": 4}), ("evit", {"keep": 0.5})]:
@@ -353,11 +406,16 @@ def test_recorded_predictions_are_the_log_softmax_over_keys(dense, images):
         ("tosa", {"keep": 0.5, "placement": "3,4,9", "importance": "cls"}, {2: "cls", 8: "cls"}),
         ("random", {"keep": 0.5}, {}),  # the control reads no attention
         ("tosa", {"keep": 1.0}, {}),  # nothing to select: the dense computation
+        ("evit", {"keep": 0.5}, {3: "cls", 6: "cls", 9: "cls"}),  # each location its own CLS row
+        ("evit", {"keep": 1.0}, {}),
+        ("tome", {"r": 4}, {}),
+        ("dense", {}, {}),
     ],
 )
 def test_only_the_blocks_before_a_selector_materialise_their_logits(images, variant, options, expected):
     """Writing a block's N x N logits costs time and memory; only the dense block right
-    before a run of ToSA blocks may do it (the CLS row alone under the "cls" rule)."""
+    before a run of ToSA blocks may do it (the CLS row alone under the "cls" rule), and an
+    EViT location only its CLS row."""
     m = built(variant, **options)
     asked = {}
     for i, blk in enumerate(m.blocks):
@@ -369,6 +427,12 @@ def test_only_the_blocks_before_a_selector_materialise_their_logits(images, vari
     with torch.no_grad():
         m(images[:2])
     assert asked == expected
+
+
+def test_selector_defaults_to_twice_the_heads_and_kernel_3():
+    sel = TokenSelector(num_heads=4)
+    assert (sel.hidden, sel.kernel) == (8, 3)
+    assert sel.conv1.weight.shape == (8, 4, 3) and sel.conv2.weight.shape == (4, 8, 3)
 
 
 def test_selector_starts_as_reuse_current_attention():
@@ -406,6 +470,25 @@ def test_selector_chunked_received_equals_whole_batch(batch, budget):
     expect = whole.softmax(-1).sum(dim=(1, 2))
     assert torch.allclose(received, expect, atol=1e-5) and torch.equal(received, received_only)
     assert sel.chunking(batch, 17, 17, 0) == (batch, 17)  # 0: one piece
+
+
+@pytest.mark.parametrize("dtype,calls", [(torch.float32, 4 * 3), (torch.bfloat16, 2 * 3)])
+def test_selector_received_runs_in_the_chunks_its_budget_allows(dtype, calls):
+    """received() works through the map in the pieces chunking() plans, sized by the maps'
+    own element size: a budget of 10 hidden channels x 17 keys x 5 rows of fp32 is 4
+    pieces of one image's 17 rows, or 2 pieces (10 + 7 rows) in bf16, per image."""
+    sel = TokenSelector(num_heads=3, hidden=10, kernel=3).to(dtype)
+    seen = []
+    inner = sel.forward
+    sel.forward = lambda x: (seen.append(tuple(x.shape)), inner(x))[1]
+    logits = torch.randn(3, 3, 17, 17).to(dtype)
+    with torch.no_grad():
+        _, z = sel.received(logits, keep_logits=True, budget_bytes=4 * 10 * 17 * 5)
+        assert len(seen) == calls and sum(s[2] for s in seen) == 3 * 17
+        whole = inner(logits)  # the pieces' logits put back together, row for row (to a few ulps,
+        # as in the test above: oneDNN may sum a piece in another order)
+        assert z.shape == whole.shape
+        assert (z.float() - whole.float()).abs().max() <= 16 * torch.finfo(dtype).eps * whole.float().abs().max()
 
 
 @pytest.mark.parametrize("budget", [1, 4 * 3 * 9 * 9 * 2, chunks.FUSED])
@@ -522,16 +605,22 @@ def test_placement_schemes():
         ("random", {"placement": "3,99"}, "placement"),
         ("evit", {"locations": [12]}, "locations"),
         ("evit", {"locations": [-1]}, "locations"),
+        ("evit", {"locations": []}, "locations"),
         ("tome", {"r": -1}, "r"),
         ("tome", {"r": 1.5}, "r"),
         ("tome", {"r": [1, 2]}, "r"),
         ("tome", {"keep": 0.5}, "keep"),
+        ("tome", {"prop_attn": 1}, "prop_attn"),
+        ("random", {"seed": 1.5}, "seed"),
+        ("random", {"seed": True}, "seed"),
+        ("evit", {"fuse": "yes"}, "fuse"),
         ("tosa", {"selector_kernel": 2}, "selector_kernel"),
         ("tosa", {"importance": "max"}, "importance"),
     ],
 )
 def test_bad_arguments_raise_value_error_naming_them(variant, options, named):
-    with pytest.raises(ValueError, match=named):
+    """Each message starts with the option's own name (a one-line error the user can act on)."""
+    with pytest.raises(ValueError, match=rf"^{named}\b"):
         build_model(MODEL, variant, **options)
 
 
