@@ -251,7 +251,7 @@ def test_a_kernel_that_is_off_says_why_and_leaves_the_pytorch_path(monkeypatch):
 
     sel = TokenSelector(2, 4, 3)
     logits = torch.randn(1, 2, 5, 5)
-    for attr in ("_module", "_reason", "_tried"):
+    for attr in ("_module", "_reason", "_tried"):  # kernel() rewrites these: put them back afterwards
         monkeypatch.setattr(selector_kernel, attr, getattr(selector_kernel, attr))
     monkeypatch.setenv(selector_kernel.DISABLE_ENV, "1")
     monkeypatch.setattr(selector_kernel, "_tried", False)
