@@ -348,6 +348,8 @@ def test_reducer_options_record_every_resolved_setting_and_rebuild_the_same_mode
     gives the same reducer."""
     m = built(variant, **given)
     assert m.reducer.options() == recorded
+    for sel in getattr(m.reducer, "selectors", {}).values():  # the selectors are built as recorded
+        assert (sel.hidden, sel.kernel, sel.conv1.weight.shape[0]) == (recorded["selector_hidden"], recorded["selector_kernel"], recorded["selector_hidden"])
     assert built(variant, **recorded).reducer.options() == recorded
 
 
