@@ -50,7 +50,7 @@ def demo_command(
     from tosa_bench.cli.train import classifier_command, selector_command
     from tosa_bench.data.synthetic import make_dataset
     from tosa_bench.measure.spec import resolve_device
-    from tosa_bench.methods.registry import get
+    from tosa_bench.methods.registry import builtin_names, get, is_dense
     from tosa_bench.models.configs import get_config
     from tosa_bench.results.figures import plot_training
     from tosa_bench.results.tokens import token_pictures
@@ -96,7 +96,7 @@ def demo_command(
     _step(6, "token pictures of two validation images")
     images = sorted(val_dir.rglob("*.JPEG"))[:2]
     written = []
-    for variant in ("tosa", "tome", "evit"):
+    for variant in (n for n in builtin_names() if not is_dense(n) and not get(n).control):  # ToSA, ToMe, EViT
         options = get(variant).natural_options(0.5, get_config(MODEL))
         written += token_pictures(images, MODEL, variant, options, root / "tokens", checkpoint=checkpoint,
                                   selector=selector if get(variant).accepts_selector else None, formats=("png",))

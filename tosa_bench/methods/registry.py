@@ -113,6 +113,9 @@ class Method:
     accepts_selector: bool = False
     #: ``--match gmacs`` matches the other methods to this one's cost at each keep
     match_target: bool = False
+    #: a control condition (the random choice of tokens), not a method under study: the
+    #: demo draws token pictures of the methods only
+    control: bool = False
     #: look in figures (a matplotlib colour and marker); None: the figures pick a free
     #: colour of their colour-blind-safe palette from the name, the same every time
     colour: str | None = None

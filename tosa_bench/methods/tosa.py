@@ -473,6 +473,7 @@ class RandomMethod(ToSAMethod):
     summary = "ToSA's bypass mechanism with tokens drawn uniformly at random (the control)"
     accepts_selector = False
     match_target = False
+    control = True
     options = (
         ToSAMethod.options[0],
         ToSAMethod.options[1],
