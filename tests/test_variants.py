@@ -323,6 +323,18 @@ def test_random_control_draws_afresh_per_block_and_per_forward_and_can_pick_ever
     assert set(chosen.tolist()) == set(range(1, N))
 
 
+def spy_attention(m) -> list:
+    """Wrap each block's attention half; the returned list collects (block, bias,
+    need_logits) for every call."""
+    calls = []
+    for i, blk in enumerate(m.blocks):
+        def spy(x, bias=None, need_logits=False, _i=i, _inner=blk.attention):
+            calls.append((_i, bias, need_logits))
+            return _inner(x, bias=bias, need_logits=need_logits)
+        blk.attention = spy
+    return calls
+
+
 @pytest.mark.parametrize(
     "variant,given,recorded",
     [
@@ -366,16 +378,10 @@ def test_tome_biases_attention_by_size_only_after_a_merge(images, options, biase
     """Proportional attention adds log(size) to the keys' logits; before the first merge
     every size is 1, so no bias is passed and the block keeps its unbiased fused path."""
     m = built("tome", **options)
-    seen = set()
-    for i, blk in enumerate(m.blocks):
-        def spy(x, bias=None, need_logits=False, _i=i, _inner=blk.attention):
-            if bias is not None:
-                seen.add(_i)
-            return _inner(x, bias=bias, need_logits=need_logits)
-        blk.attention = spy
+    calls = spy_attention(m)
     with torch.no_grad():
         m(images[:2])
-    assert seen == biased
+    assert {i for i, bias, _ in calls if bias is not None} == biased
 
 
 def test_reducers_hand_back_the_full_map_only_when_asked(images):
@@ -419,16 +425,10 @@ def test_only_the_blocks_before_a_selector_materialise_their_logits(images, vari
     before a run of ToSA blocks may do it (the CLS row alone under the "cls" rule), and an
     EViT location only its CLS row."""
     m = built(variant, **options)
-    asked = {}
-    for i, blk in enumerate(m.blocks):
-        def spy(x, bias=None, need_logits=False, _i=i, _inner=blk.attention):
-            if need_logits:
-                asked[_i] = need_logits
-            return _inner(x, bias=bias, need_logits=need_logits)
-        blk.attention = spy
+    calls = spy_attention(m)
     with torch.no_grad():
         m(images[:2])
-    assert asked == expected
+    assert {i: need for i, _, need in calls if need} == expected
 
 
 def test_selector_defaults_to_twice_the_heads_and_kernel_3():
