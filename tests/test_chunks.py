@@ -211,7 +211,7 @@ def test_a_model_calibrates_its_real_ops_and_names_them(monkeypatch):
 
     tag = selector_kernel.build_tag() or "pytorch ops only"
     # test_deep: 2 heads of 16 dims, 65 tokens; selector hidden 2 x heads, kernel 3
-    assert any(k.startswith(f"selector heads 2 hidden 4 kernel 3 keys 65 | {tag} float32 | ") for k in used), used
+    assert any(k.startswith(f"selector heads 2 hidden 4 kernel 3 rows 65 keys 65 | {tag} float32 | ") for k in used), used
     assert any(k.startswith("attention heads 2 tokens 65 head_dim 16 | chunks or fused float32 | ") for k in used), used
     assert {v["source"] for v in used.values()} == {"calibrated"}
     chunks.forget_budgets()
@@ -267,11 +267,24 @@ def test_a_kernel_that_is_off_says_why_and_leaves_the_pytorch_path(monkeypatch):
         assert sel.cpu_budget(logits) != FUSED
 
 
-def test_a_cls_rule_selector_is_keyed_by_its_keys_not_its_single_row():
-    """Under the "cls" rule the selector reads (B, H, 1, N) maps: its calibration key names
-    the N keys (65 on test_deep), the same op as the "mean" rule's."""
+def test_a_cls_rule_selector_is_timed_and_keyed_on_its_single_row(monkeypatch):
+    """Under the "cls" rule the selector reads (B, H, 1, N) maps: its calibration times
+    maps of that shape (not the "mean" rule's N x N) and its key names the one row and the
+    N keys (65 on test_deep), so the two rules never share a budget."""
+    from tosa_bench.methods.tosa import TokenSelector
+
+    timed_shapes = []
+    real_received = TokenSelector.received
+
+    def spy(self, logits, keep_logits=False, budget_bytes=chunks.CALIBRATED):
+        if budget_bytes != chunks.CALIBRATED:
+            timed_shapes.append(tuple(logits.shape))
+        return real_received(self, logits, keep_logits, budget_bytes)
+
+    monkeypatch.setattr(TokenSelector, "received", spy)
     m = build_model("test_deep", "tosa", keep=0.5, importance="cls").eval()
     with torch.inference_mode():
         m(torch.randn(2, 3, 32, 32))
     selectors = [k for k in chunks.used_by(m) if k.startswith("selector ")]
-    assert selectors and all(k.startswith("selector heads 2 hidden 4 kernel 3 keys 65 | ") for k in selectors), selectors
+    assert selectors and all(k.startswith("selector heads 2 hidden 4 kernel 3 rows 1 keys 65 | ") for k in selectors), selectors
+    assert timed_shapes and set(timed_shapes) == {(chunks.CALIBRATION_IMAGES, 2, 1, 65)}, timed_shapes

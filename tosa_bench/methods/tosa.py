@@ -188,17 +188,18 @@ class TokenSelector(Chunked, nn.Module):
     def cpu_budget(self, logits: Tensor) -> int | None:
         """The calibrated chunk budget for maps like ``logits`` (None off the CPU; -1 for
         the fused kernel, :mod:`tosa_bench.methods.selector_kernel`, where it was timed
-        faster and can take these maps)."""
-        H, N, dtype = self.num_heads, logits.shape[-1], logits.dtype
+        faster and can take these maps). Timed on maps of the same shape per image: N
+        query rows for the "mean" rule, the CLS row alone for the "cls" rule."""
+        H, R, N, dtype = self.num_heads, logits.shape[-2], logits.shape[-1], logits.dtype
         with torch.no_grad():  # the kernel is a candidate for maps it could take without autograd
             fused = selector_kernel.build_tag() if selector_kernel.usable(logits.detach()) and logits.device.type == "cpu" else None
 
         def key() -> ChunkKey:
-            shape = f"heads {H} hidden {self.hidden} kernel {self.kernel} keys {N} | {fused or 'pytorch ops only'}"
+            shape = f"heads {H} hidden {self.hidden} kernel {self.kernel} rows {R} keys {N} | {fused or 'pytorch ops only'}"
             return ChunkKey("selector", shape, str(dtype).removeprefix("torch."))
 
         def runner():
-            maps = torch.randn(CALIBRATION_IMAGES, H, N, N, generator=torch.Generator().manual_seed(0)).to(dtype)
+            maps = torch.randn(CALIBRATION_IMAGES, H, R, N, generator=torch.Generator().manual_seed(0)).to(dtype)
             return lambda b: self.received(maps, budget_bytes=b)
 
         with torch.no_grad():
