@@ -224,3 +224,21 @@ def test_per_element_handle_counts_its_input_or_its_output() -> None:
     assert per_element_handle("softmax", of="output")(inputs, outputs) == {"softmax": 20}
     with pytest.raises(ValueError, match=r"^softmax: the trace recorded no shape$"):
         per_element_handle("softmax")([_Traced(None)], outputs)
+
+
+def test_counting_a_reduced_model_is_silent(caplog: pytest.LogCaptureFixture) -> None:
+    """The counter reports ops it cannot count in the record (``uncounted_ops``), so it
+    must not also print fvcore's per-op warnings, uncalled-module notes, tracer warnings
+    or torch.jit's deprecation notice on every sweep point."""
+    import logging
+    import warnings
+
+    from tosa_bench import build_model
+
+    model = build_model("test_tiny", "tosa", keep=0.5).eval()
+    with warnings.catch_warnings(record=True) as seen, caplog.at_level(logging.DEBUG):
+        warnings.simplefilter("always")
+        count = count_macs(model, torch.randn(1, 3, 32, 32))
+    assert count.uncounted_ops  # there were ops to warn about
+    assert [str(w.message) for w in seen] == []
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []

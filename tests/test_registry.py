@@ -208,3 +208,161 @@ def test_keep_is_checked_whatever_the_variant_makes_of_it():
         registry.get("tome").natural_options(1.5, get_config("test_tiny"))
     res = runner.invoke(app, ["profile", "--variant", "dense", "--keep", "0", "--model", "test_tiny", "--no-timing"])
     assert res.exit_code == 2 and "keep must be in (0, 1], got 0.0" in res.output
+
+
+# Every label that reaches a table or a figure legend, written out by hand: the setting
+# (tables), the curve (what separates two curves of one method) and the point (a point's
+# annotation). Options left out take the method's defaults (placement "default", seed 0,
+# schedule constant, proportional attention and fusing on); a record's placement_label
+# (a named scheme as the user wrote it) wins over the resolved list.
+LABEL_CASES = [
+    ("dense", {}, {}, "-", ""),
+    ("tosa", {"keep": 0.5, "placement": [1, 3]}, {}, "keep 0.5 @ 1,3", "1,3"),
+    ("tosa", {"keep": 0.5, "placement": [1, 3]}, {"placement_label": "alternate"}, "keep 0.5 @ alternate", "alternate"),
+    ("tosa", {"keep": 0.5}, {}, "keep 0.5 @ default", "default"),
+    ("tosa", {"keep": 0.25, "placement": "all", "importance": "mean"}, {"selector": None}, "keep 0.25 @ all", "all"),
+    (
+        "tosa",
+        {"keep": 0.7, "placement": "all", "importance": "cls"},
+        {"selector": "sel.safetensors"},
+        "keep 0.7 @ all, importance cls, trained selectors",
+        "all, importance cls, trained selectors",
+    ),
+    ("random", {"keep": 0.5, "placement": [2, 4], "seed": 3}, {}, "keep 0.5 @ 2,4, seed 3", "2,4, seed 3"),
+    ("random", {"keep": 0.5}, {}, "keep 0.5 @ default, seed 0", "default, seed 0"),
+    ("tome", {"r": 8}, {}, "r=8", ""),
+    ("tome", {"r": 8, "schedule": "constant", "prop_attn": True}, {}, "r=8", ""),
+    ("tome", {"r": 8, "schedule": "decreasing", "prop_attn": False}, {}, "r=8, decreasing, no prop-attn", "decreasing, no prop-attn"),
+    ("tome", {"r": 4, "prop_attn": False}, {}, "r=4, no prop-attn", "no prop-attn"),
+    ("evit", {"keep": 0.7}, {}, "keep 0.7", ""),
+    ("evit", {"keep": 0.7, "locations": [3, 6, 9]}, {}, "keep 0.7 @ 3,6,9", "@ 3,6,9"),
+    ("evit", {"keep": 0.7, "locations": [3, 6, 9], "fuse": False}, {}, "keep 0.7 @ 3,6,9, no fuse", "@ 3,6,9, no fuse"),
+    ("evit", {"keep": 0.7, "fuse": True}, {}, "keep 0.7", ""),
+]
+
+
+@pytest.mark.parametrize("name, options, record, setting, curve", LABEL_CASES)
+def test_setting_and_curve_labels_written_out(name, options, record, setting, curve):
+    method = registry.get(name)
+    assert method.setting_label(options, record) == setting
+    assert method.curve_label(options, record) == curve
+
+
+@pytest.mark.parametrize(
+    "name, options, keep, label",
+    [
+        ("dense", {}, 0.5, "0.5"),
+        ("tosa", {"keep": 0.25}, 0.25, "0.25"),
+        ("evit", {"keep": 0.7}, None, ""),
+        ("tome", {"r": 8}, 0.5, "r=8"),
+        ("tome", {"r": [4, 2, 0]}, None, "r=4,2,0"),
+        ("tome", {}, 0.5, "0.5"),
+        ("tome", {}, None, ""),
+    ],
+)
+def test_point_labels_written_out(name, options, keep, label):
+    assert registry.get(name).point_label(options, keep) == label
+
+
+def test_natural_and_grid_options_written_out():
+    """What each method asks the grid to build, for a keep or without one, with and
+    without its knobs: defaults left out so config hashes stay put (ToSA's default
+    placement and "mean" importance), the first knob value for a single point, one grid
+    point per knob value, and the method's default keep (ToSA/random 0.5, EViT 0.7, ToMe
+    the r of keep 0.5) when none is given."""
+    from tosa_bench.methods.tome import tome_r_for_keep
+    from tosa_bench.models.configs import get_config
+
+    cfg = get_config("deit_small_patch16_224")
+    tosa, rnd, tome, evit, dense = (registry.get(n) for n in ("tosa", "random", "tome", "evit", "dense"))
+    r_half, r_03 = tome_r_for_keep(0.5, 197, 12), tome_r_for_keep(0.3, 197, 12)
+    assert r_half != r_03  # the cases below tell the two keeps apart
+
+    assert dense.grid_options(None, cfg, Knobs()) == [GridEntry({})]
+    assert dense.grid_options(0.5, cfg, Knobs()) == []
+
+    assert tosa.natural_options(None, cfg) == {"keep": 0.5}
+    assert tosa.natural_options(0.3, cfg, Knobs(placements=((3, 5), "all"), importance="cls")) == {"keep": 0.3, "placement": [3, 5], "importance": "cls"}
+    assert tosa.natural_options(0.3, cfg, Knobs(importance="mean")) == {"keep": 0.3}
+    assert tosa.grid_options(None, cfg, Knobs(placements=("all",))) == []
+    assert tosa.grid_options(0.3, cfg, Knobs()) == [GridEntry({"keep": 0.3}, None)]
+    assert tosa.grid_options(0.3, cfg, Knobs(placements=("alternate", (2, 4)), importance="cls", seed=5)) == [
+        GridEntry({"keep": 0.3, "placement": "alternate", "importance": "cls"}, "alternate"),
+        GridEntry({"keep": 0.3, "placement": [2, 4], "importance": "cls"}, "2,4"),
+    ]
+
+    assert rnd.natural_options(None, cfg, Knobs(seed=7)) == {"keep": 0.5, "seed": 7}
+    assert rnd.natural_options(0.3, cfg, Knobs(importance="cls")) == {"keep": 0.3, "seed": 0}
+    assert rnd.grid_options(0.3, cfg, Knobs(placements=((2, 4),), seed=7)) == [GridEntry({"keep": 0.3, "placement": [2, 4], "seed": 7}, "2,4")]
+
+    assert tome.natural_options(None, cfg) == {"r": r_half}
+    assert tome.natural_options(0.3, cfg) == {"r": r_03}
+    assert tome.natural_options(0.3, cfg, Knobs(tome_r=(4, 6))) == {"r": 4}
+    assert tome.grid_options(None, cfg, Knobs(tome_r=(4, 6))) == [GridEntry({"r": 4}), GridEntry({"r": 6})]
+    assert tome.grid_options(None, cfg, Knobs()) == []
+    assert tome.grid_options(0.3, cfg, Knobs(tome_r=(4,))) == []
+    assert tome.grid_options(0.3, cfg, Knobs()) == [GridEntry({"r": r_03})]
+
+    assert evit.natural_options(None, cfg) == {"keep": 0.7, "fuse": True}
+    assert evit.natural_options(0.5, cfg, Knobs(evit_locations=((3, 6), (4,)), fuse=False)) == {"keep": 0.5, "fuse": False, "locations": [3, 6]}
+    assert evit.grid_options(None, cfg, Knobs(evit_locations=((3, 6),))) == []
+    assert evit.grid_options(0.5, cfg, Knobs()) == [GridEntry({"keep": 0.5, "fuse": True})]
+    assert evit.grid_options(0.5, cfg, Knobs(evit_locations=((3, 6), (4, 8)), fuse=False)) == [
+        GridEntry({"keep": 0.5, "fuse": False, "locations": [3, 6]}),
+        GridEntry({"keep": 0.5, "fuse": False, "locations": [4, 8]}),
+    ]
+
+
+def test_a_new_methods_default_grid_is_one_point_per_keep_from_its_knobs():
+    """Method.grid_options, the default a sixth method inherits: no point without a keep,
+    else one point built by its natural_options with the grid's knobs."""
+    from tosa_bench.models.configs import get_config
+
+    class Seeded(Method):
+        name = "seeded"
+
+        def natural_options(self, keep, cfg, knobs: Knobs = Knobs()):
+            return {"keep": keep, "seed": knobs.seed}
+
+    cfg = get_config("deit_small_patch16_224")
+    assert Seeded().grid_options(None, cfg, Knobs(seed=3)) == []
+    assert Seeded().grid_options(0.4, cfg, Knobs(seed=3)) == [GridEntry({"keep": 0.4, "seed": 3})]
+    assert Method().point_label({}, 0.25) == "0.25" and Method().point_label({}, None) == ""
+    assert Method().setting_label({}, {}) == "-" and Method().curve_label({}, {}) == ""
+
+
+def test_register_refuses_bad_and_taken_names_and_unregister_forgets(monkeypatch):
+    """register: a name must be an identifier; a taken name needs replace=True (the same
+    object again is fine); unregister removes a method and ignores unknown names."""
+    registry.names()  # built-ins loaded into the real registry before it is copied
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+
+    def method(name):
+        return type("M", (Method,), {"name": name})()
+
+    for bad in ("", "not-an-identifier"):
+        with pytest.raises(ValueError, match="a method needs a name that is an identifier"):
+            registry.register(method(bad))
+    first = registry.register(method("sixth"))
+    assert registry.register(first) is first and registry.get("sixth") is first
+    with pytest.raises(ValueError, match="method 'sixth' is registered already"):
+        registry.register(method("sixth"))
+    assert registry.get("sixth") is first
+    second = registry.register(method("sixth"), replace=True)
+    assert registry.get("sixth") is second
+    registry.unregister("sixth")
+    assert "sixth" not in registry.names()
+    registry.unregister("sixth")  # unknown: no error
+
+
+def test_unknown_option_message_lists_the_options_or_says_none():
+    with pytest.raises(OptionError, match=r"^keep: not an option of the dense variant \(options: none\)$"):
+        registry.check_option_names(registry.get("dense"), {"keep": 0.5})
+    with pytest.raises(OptionError, match=r"^rr: not an option of the tome variant \(options: r, prop_attn, schedule\)$"):
+        registry.check_option_names(registry.get("tome"), {"r": 8, "rr": 1})
+
+
+def test_match_target_is_none_when_no_method_can_be_matched_to(monkeypatch):
+    assert registry.match_target() is registry.get("tosa")
+    monkeypatch.setattr(registry, "_REGISTRY", {"dense": registry.get("dense"), "tome": registry.get("tome")})
+    assert registry.match_target() is None

@@ -590,6 +590,9 @@ def test_placement_schemes():
     for k in ("last:0", "last:12"):
         with pytest.raises(OptionError, match=r"must name 1\.\.11 blocks"):
             parse_placement(k, 12)
+    for empty in ([], "alternate-even"):  # a 2-block model has no even block after block 0
+        with pytest.raises(OptionError, match=r"^placement: no block selected$"):
+            parse_placement(empty, 2)
 
 
 @pytest.mark.parametrize(
