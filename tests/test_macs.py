@@ -131,14 +131,13 @@ def test_count_point_record_fields_against_the_formula_and_by_hand(variant, opti
     H -> 2H -> H, kernel 3, with biases); the backbone's parameters from a dense model;
     GFLOPs = 2 x GMACs; the ideal from the two formulas."""
     from tosa_bench.measure.point import count_point
-    from tosa_bench.measure.spec import Point
     from tosa_bench.methods.base import TokenReducer
     from tosa_bench.methods.tosa import selector_macs
 
     torch.manual_seed(0)
     model = build_model("test_tiny", variant, **options).eval()
     cfg = model.cfg
-    rec = count_point(model, Point("test_tiny", variant, options))
+    rec = count_point(model)
     counts = expected_token_counts(model.reducer, cfg.num_tokens)
     formula = analytic_macs(cfg, model.reducer, counts)
     assert rec["gmacs_per_block"] == [m / 1e9 for m in formula.blocks]

@@ -700,7 +700,7 @@ def test_point_dense_twin_gets_the_points_checkpoint_size_images_and_compile(mon
     settings = Settings(latency=False, memory=False, warmup=1, repeats=3)
     import tosa_bench.measure.point as pm
 
-    monkeypatch.setattr(pm, "count_point", lambda model, p: {})
+    monkeypatch.setattr(pm, "count_point", lambda model: {})
     measure_point(point, settings)
     dense_builds = [kw for variant, kw in builds if variant == "dense"]
     assert dense_builds and all(kw["checkpoint"] == str(ckpt) and kw["img_size"] == 48 for kw in dense_builds)

@@ -56,7 +56,7 @@ from tosa_bench.models.chunks import used_by
 from tosa_bench.precision import autocast
 
 
-def count_point(model, point: Point) -> dict[str, Any]:
+def count_point(model) -> dict[str, Any]:
     """Parameters, MACs (counter and formula) and tokens per block, per image."""
     cfg = model.cfg
     size = cfg.img_size
@@ -90,8 +90,16 @@ def count_point(model, point: Point) -> dict[str, Any]:
     }
 
 
+def _images(count: int, size: int, device: torch.device | str) -> torch.Tensor:
+    """``count`` random images (count, 3, size, size), drawn on the CPU from a generator
+    seeded 0 and then moved: the same pixels on every call and every device."""
+    return torch.randn(count, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
+
+
 def _check_finite(model, point: Point, device: str) -> None:
-    x = torch.randn(min(point.batch_size, 2), 3, model.cfg.img_size, model.cfg.img_size, generator=torch.Generator().manual_seed(0)).to(device)
+    """Raise ``NonFiniteOutput`` if the model's output on (up to) two images is NaN/Inf
+    under the point's dtype."""
+    x = _images(min(point.batch_size, 2), model.cfg.img_size, device)
     with torch.inference_mode(), autocast(point.dtype, device):
         y = model(x)
     if not torch.isfinite(y).all():
@@ -99,11 +107,14 @@ def _check_finite(model, point: Point, device: str) -> None:
 
 
 def _memory(model, point: Point, device: str) -> dict[str, Any]:
+    """The record's memory fields (MiB): on CUDA the allocator's peak around one forward of
+    the point's batch, and NVML's figure for this process on that card; on the CPU the rise
+    of the resident high-water mark over one forward, read in a child process."""
     from tosa_bench.measure.memory import gpu_peak_tensor_memory, nvml_index_for_cuda_device, nvml_process_memory
 
     dev = torch.device(device)
     if dev.type == "cuda":
-        x = torch.randn(point.batch_size, 3, model.cfg.img_size, model.cfg.img_size).to(dev)
+        x = _images(point.batch_size, model.cfg.img_size, dev)
 
         def forward() -> None:
             with torch.inference_mode(), autocast(point.dtype, dev):
@@ -152,7 +163,7 @@ def _throughput(model, point: Point, settings: Settings, device: str) -> dict[st
     dense = dense.to(device).eval()
     runners = [torch.compile(m) if point.compile else m for m in (dense, model.eval())]
     dev = torch.device(device)
-    images = torch.randn(point.batch_size, 3, model.cfg.img_size, model.cfg.img_size, generator=torch.Generator().manual_seed(0)).to(dev)
+    images = _images(point.batch_size, model.cfg.img_size, dev)
 
     def step_of(run):
         def step() -> None:
@@ -233,7 +244,7 @@ def measure_point(point: Point, settings: Settings = Settings(), stage: Callable
         "conventions": {"gmacs": MAC_CONVENTION, "throughput": "images/s, median step", "latency": "ms, batch 1", "memory": "MiB"},
     }
     stage("count")
-    record.update(count_point(model, point))
+    record.update(count_point(model))
     model = model.to(device)
     stage("check")
     _check_finite(model, point, device)
