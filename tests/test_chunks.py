@@ -288,3 +288,89 @@ def test_a_cls_rule_selector_is_timed_and_keyed_on_its_single_row(monkeypatch):
     selectors = [k for k in chunks.used_by(m) if k.startswith("selector ")]
     assert selectors and all(k.startswith("selector heads 2 hidden 4 kernel 3 rows 1 keys 65 | ") for k in selectors), selectors
     assert timed_shapes and set(timed_shapes) == {(chunks.CALIBRATION_IMAGES, 2, 1, 65)}, timed_shapes
+
+
+def _calibrating_spy(monkeypatch, best):
+    """chunks.calibrate replaced by a spy that runs the op once at every budget it is
+    offered (and one piece), remembers the offer, and reports ``best`` as the fastest;
+    TokenSelector.received spied to see what each run gets."""
+    from tosa_bench.methods.tosa import TokenSelector
+
+    seen = {"offered": [], "runs": []}
+    real_received = TokenSelector.received
+
+    def received(self, logits, keep_logits=False, budget_bytes=chunks.CALIBRATED):
+        if budget_bytes != chunks.CALIBRATED:
+            seen["runs"].append((budget_bytes, logits.clone()))
+        return real_received(self, logits, keep_logits, budget_bytes)
+
+    def calibrate(run, candidates=(), **kw):
+        seen["offered"].append(tuple(candidates))
+        options = list(candidates) + [WHOLE]
+        for b in options:
+            run(b)
+        return best, {b: (0.001 if b == best else 0.002 + 1e-6 * i) for i, b in enumerate(options)}
+
+    monkeypatch.setattr(TokenSelector, "received", received)
+    monkeypatch.setattr(chunks, "calibrate", calibrate)
+    return seen
+
+
+@pytest.mark.parametrize("rows", [7, 1])
+@pytest.mark.parametrize("kernel_built", [True, False])
+def test_a_selector_times_every_budget_on_seeded_maps_of_its_shape_and_keys_it(monkeypatch, rows, kernel_built):
+    """TokenSelector.cpu_budget offers the calibration the byte budgets, plus the fused
+    kernel exactly where it is built; each timed run gets that budget and the same maps:
+    CALIBRATION_IMAGES seed-0 normal maps of the logits' heads, rows, keys and dtype. The
+    key names the shape, the kernel build (or "pytorch ops only") and the dtype, and the
+    budget found is what it returns."""
+    from tosa_bench.methods import selector_kernel
+    from tosa_bench.methods.tosa import TokenSelector
+
+    tag = selector_kernel.build_tag()
+    if kernel_built and tag is None:
+        pytest.skip(f"the selector kernel is not built here: {selector_kernel.unavailable_reason()}")
+    if not kernel_built:
+        monkeypatch.setattr(selector_kernel, "build_tag", lambda: None)
+    seen = _calibrating_spy(monkeypatch, best=2**18)
+    sel = TokenSelector(2, 4, 3)
+    with torch.no_grad():
+        assert sel.cpu_budget(torch.randn(3, 2, rows, 7)) == 2**18
+    offered = chunks.CANDIDATE_BYTES + ((FUSED,) if kernel_built else ())
+    assert seen["offered"] == [offered]
+    assert [b for b, _ in seen["runs"]] == list(offered) + [WHOLE]
+    maps = torch.randn(chunks.CALIBRATION_IMAGES, 2, rows, 7, generator=torch.Generator().manual_seed(0))
+    assert all(torch.equal(m, maps) for _, m in seen["runs"])
+    keys = list(sel.chunk_budgets)
+    assert len(keys) == 1 and keys[0].startswith(f"selector heads 2 hidden 4 kernel 3 rows {rows} keys 7 | {tag if kernel_built else 'pytorch ops only'} float32 | ")
+
+
+def test_maps_the_kernel_cannot_take_are_timed_without_it(monkeypatch):
+    """float64 maps on the CPU: the kernel (float32 and 16-bit floats only) is no candidate
+    and the key says "pytorch ops only", even where the kernel is built; off the CPU no
+    budget at all."""
+    from tosa_bench.methods.tosa import TokenSelector
+
+    seen = _calibrating_spy(monkeypatch, best=2**17)
+    sel = TokenSelector(2, 4, 3).double()
+    with torch.no_grad():
+        assert sel.cpu_budget(torch.randn(1, 2, 5, 5, dtype=torch.float64)) == 2**17
+        assert sel.cpu_budget(torch.randn(1, 2, 5, 5, device="meta")) is None
+    assert seen["offered"] == [chunks.CANDIDATE_BYTES]
+    assert all(m.dtype == torch.float64 for _, m in seen["runs"])
+    assert [k.split(" | ")[1] for k in sel.chunk_budgets] == ["pytorch ops only float64"]
+
+
+@pytest.mark.parametrize("found,grad,expected", [
+    (Budget(FUSED, "set", 2**20), False, FUSED),  # inference takes the kernel
+    (Budget(FUSED, "set", 2**20), True, 2**20),  # autograd needs the PyTorch path: the fastest other budget
+    (Budget(2**19, "set", None), True, 2**19),  # a byte budget holds with or without autograd
+    (Budget(WHOLE, "set", None), False, WHOLE),
+])
+def test_the_budget_a_selector_uses_under_and_without_autograd(monkeypatch, found, grad, expected):
+    from tosa_bench.methods.tosa import TokenSelector
+
+    monkeypatch.setattr(chunks, "budget", lambda key, runner, candidates=(): found)
+    sel = TokenSelector(2, 4, 3)
+    with torch.set_grad_enabled(grad):
+        assert sel.cpu_budget(torch.randn(1, 2, 5, 5)) == expected

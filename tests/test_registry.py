@@ -183,7 +183,6 @@ def test_unregistered_variant_is_refused_in_suites_and_cli(tmp_path):
 
 
 def test_method_grid_entries_are_plain_data():
-    cfg = registry.get("tosa")  # noqa: F841 - the registry is loaded
     from tosa_bench.models.configs import get_config
 
     deit = get_config("deit_small_patch16_224")

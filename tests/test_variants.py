@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -435,6 +436,32 @@ def test_selector_defaults_to_twice_the_heads_and_kernel_3():
     sel = TokenSelector(num_heads=4)
     assert (sel.hidden, sel.kernel) == (8, 3)
     assert sel.conv1.weight.shape == (8, 4, 3) and sel.conv2.weight.shape == (4, 8, 3)
+
+
+@pytest.mark.parametrize("heads,hidden,kernel", [(3, 6, 1), (3, 7, 3), (2, 4, 5), (1, 2, 7)])
+def test_selector_takes_any_odd_kernel_and_at_least_twice_the_heads(heads, hidden, kernel):
+    """Both convolutions have the shapes asked for and pad by kernel // 2 on each side, so
+    a row keeps its N keys (the nn.Conv1d modules are what saved selectors hold, and what
+    the float64 reference in tests/test_selector_kernel.py runs)."""
+    sel = TokenSelector(num_heads=heads, hidden=hidden, kernel=kernel)
+    assert (sel.num_heads, sel.hidden, sel.kernel) == (heads, hidden, kernel)
+    assert sel.conv1.weight.shape == (hidden, heads, kernel) and sel.conv2.weight.shape == (heads, hidden, kernel)
+    assert sel.conv1.padding == sel.conv2.padding == (kernel // 2,)
+    rows = torch.randn(4, heads, 9)
+    assert sel.conv2(sel.conv1(rows)).shape == (4, heads, 9)
+
+
+@pytest.mark.parametrize("heads,hidden,kernel,message", [
+    (3, 5, 3, "selector_hidden must be >= 2 x heads = 6 (needed for the identity start), got 5"),
+    (4, 1, 3, "selector_hidden must be >= 2 x heads = 8 (needed for the identity start), got 1"),
+    (3, 6, 2, "selector_kernel must be a positive odd integer, got 2"),
+    (3, 6, 4, "selector_kernel must be a positive odd integer, got 4"),
+    (3, 6, 0, "selector_kernel must be a positive odd integer, got 0"),
+    (3, 6, -1, "selector_kernel must be a positive odd integer, got -1"),
+])
+def test_selector_refuses_too_few_channels_and_even_kernels(heads, hidden, kernel, message):
+    with pytest.raises(OptionError, match=f"^{re.escape(message)}$"):
+        TokenSelector(num_heads=heads, hidden=hidden, kernel=kernel)
 
 
 def test_selector_starts_as_reuse_current_attention():
