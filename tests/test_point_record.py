@@ -263,3 +263,26 @@ def test_images_are_the_same_seeded_draw_on_every_call() -> None:
     assert torch.equal(a, torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(0)))
     assert not math.isclose(a.std().item(), 0.0)
     assert point_mod._images(3, 8, "meta").device.type == "meta"  # moved to the device asked for
+
+
+def test_the_dense_twin_and_the_timed_images_go_to_the_points_device(monkeypatch) -> None:
+    """On a GPU the dense twin and the images must be moved to the point's device; on the
+    CPU a move that is left out changes nothing, so the moves are watched."""
+    moves: list[tuple] = []
+    real_build, real_images = point_mod.build_model, point_mod._images
+
+    def build(name, variant="dense", **kw):
+        net = real_build(name, variant, **kw)
+        real_to = net.to
+        net.to = lambda *a, **k: moves.append((variant, "to", a)) or real_to(*a, **k)
+        return net
+
+    def images(count, size, device):
+        moves.append(("images", count, device))
+        return real_images(count, size, device)
+
+    monkeypatch.setattr(point_mod, "build_model", build)
+    monkeypatch.setattr(point_mod, "_images", images)
+    monkeypatch.setattr(timing, "measure_paired", _fake_paired)
+    measure_point(Point("test_tiny", "random", {"keep": 0.5}, batch_size=3, device="cpu"), Settings(latency=False, memory=False))
+    assert ("dense", "to", ("cpu",)) in moves and ("images", 3, torch.device("cpu")) in moves

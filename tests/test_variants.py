@@ -394,6 +394,25 @@ def test_reducers_hand_back_the_full_map_only_when_asked(images):
         assert out.full is None, variant
 
 
+def test_predictions_are_recorded_only_when_asked(dense, images):
+    """Recording is off by default: a forward stores no predictions and a selector whose
+    next block is dense keeps no predicted logits (the N x N tensor the kernel would
+    otherwise write)."""
+    m = same_weights("tosa", dense, keep=0.5, placement=[4])
+    kept: list[bool] = []
+    sel = m.reducer.selectors["4"]
+    real = sel.received
+    def spy(maps, keep_logits=False, **kw):
+        if "budget_bytes" not in kw:  # the forward's call, not the calibration's timed runs
+            kept.append(keep_logits)
+        return real(maps, keep_logits=keep_logits, **kw)
+
+    sel.received = spy
+    with torch.no_grad():
+        m(images[:2])
+    assert m.reducer.record_predictions is False and m.reducer.predictions == {} and kept == [False]
+
+
 def test_recorded_predictions_are_the_log_softmax_over_keys(dense, images):
     """An identity selector predicts the current attention: block 4's recorded prediction
     is the log-softmax over keys of block 3's logits, for every head and query row."""
