@@ -271,38 +271,38 @@ def test_a_cls_rule_selector_is_timed_and_keyed_on_its_single_row(monkeypatch):
     """Under the "cls" rule the selector reads (B, H, 1, N) maps: its calibration times
     maps of that shape (not the "mean" rule's N x N) and its key names the one row and the
     N keys (65 on test_deep), so the two rules never share a budget."""
-    from tosa_bench.methods.tosa import TokenSelector
-
-    timed_shapes = []
-    real_received = TokenSelector.received
-
-    def spy(self, logits, keep_logits=False, budget_bytes=chunks.CALIBRATED):
-        if budget_bytes != chunks.CALIBRATED:
-            timed_shapes.append(tuple(logits.shape))
-        return real_received(self, logits, keep_logits, budget_bytes)
-
-    monkeypatch.setattr(TokenSelector, "received", spy)
+    runs = _spy_timed_runs(monkeypatch)
     m = build_model("test_deep", "tosa", keep=0.5, importance="cls").eval()
     with torch.inference_mode():
         m(torch.randn(2, 3, 32, 32))
     selectors = [k for k in chunks.used_by(m) if k.startswith("selector ")]
     assert selectors and all(k.startswith("selector heads 2 hidden 4 kernel 3 rows 1 keys 65 | ") for k in selectors), selectors
-    assert timed_shapes and set(timed_shapes) == {(chunks.CALIBRATION_IMAGES, 2, 1, 65)}, timed_shapes
+    timed_shapes = {tuple(maps.shape) for _, maps in runs}
+    assert timed_shapes == {(chunks.CALIBRATION_IMAGES, 2, 1, 65)}, timed_shapes
+
+
+def _spy_timed_runs(monkeypatch) -> list:
+    """(budget, maps) of every TokenSelector.received call that a calibration times (the
+    calls with an explicit budget), in order."""
+    from tosa_bench.methods.tosa import TokenSelector
+
+    runs = []
+    real_received = TokenSelector.received
+
+    def received(self, logits, keep_logits=False, budget_bytes=chunks.CALIBRATED):
+        if budget_bytes != chunks.CALIBRATED:
+            runs.append((budget_bytes, logits.clone()))
+        return real_received(self, logits, keep_logits, budget_bytes)
+
+    monkeypatch.setattr(TokenSelector, "received", received)
+    return runs
 
 
 def _calibrating_spy(monkeypatch, best):
     """chunks.calibrate replaced by a spy that runs the op once at every budget it is
     offered (and one piece), remembers the offer, and reports ``best`` as the fastest;
-    TokenSelector.received spied to see what each run gets."""
-    from tosa_bench.methods.tosa import TokenSelector
-
-    seen = {"offered": [], "runs": []}
-    real_received = TokenSelector.received
-
-    def received(self, logits, keep_logits=False, budget_bytes=chunks.CALIBRATED):
-        if budget_bytes != chunks.CALIBRATED:
-            seen["runs"].append((budget_bytes, logits.clone()))
-        return real_received(self, logits, keep_logits, budget_bytes)
+    what each run gets is in ``runs`` (:func:`_spy_timed_runs`)."""
+    seen = {"offered": [], "runs": _spy_timed_runs(monkeypatch)}
 
     def calibrate(run, candidates=(), **kw):
         seen["offered"].append(tuple(candidates))
@@ -311,7 +311,6 @@ def _calibrating_spy(monkeypatch, best):
             run(b)
         return best, {b: (0.001 if b == best else 0.002 + 1e-6 * i) for i, b in enumerate(options)}
 
-    monkeypatch.setattr(TokenSelector, "received", received)
     monkeypatch.setattr(chunks, "calibrate", calibrate)
     return seen
 
