@@ -34,9 +34,11 @@ from typing import Any
 
 import torch
 
+from tosa_bench.errors import run_script
 from tosa_bench.measure.env import environment_record
 from tosa_bench.measure.point import measure_point
 from tosa_bench.measure.spec import Point, resolve_device
+from tosa_bench.precision import resolve_autocast
 from tosa_bench.results.store import ENV, RunStore
 from tosa_bench.sweep.session import check_out_dir
 from tosa_bench.sweep.accuracy import ACCURACY_FIELDS
@@ -57,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="deit_small_patch16_224")
     p.add_argument("--batch-size", type=int, default=None, help="default: the suite's CPU/CUDA batch size")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default=None, help="fp32, fp16 or bf16 (default: the suite's dtype for the device)")
     p.add_argument("--suite", default="quick", help="whose [measure] settings to use")
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--need", type=int, default=None, help="repeats within tolerance needed (default: 9 of 10, all of fewer)")
@@ -72,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device(a.device)
     dev_type = "cuda" if device.startswith("cuda") else "cpu"
     batch = a.batch_size or suite.batch_size[dev_type][0]
+    dtype = a.dtype or suite.dtypes[dev_type][0]
+    resolve_autocast(dtype, torch.device(device))  # a dtype the device cannot run is refused before any work
     settings = replace(suite.settings(), latency=False, memory=False, pair_dense=True)
 
     check_out_dir(a.out, overwrite=True)  # never the root, home, a file or a folder that is not a run
@@ -86,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     intervals: dict[str, list[list[float]]] = {name: [] for name, _ in CONTROLS}
     for rep in range(a.repeats):
         for name, options in CONTROLS:
-            gp = GridPoint(Point(model=a.model, variant=name, options=options, batch_size=batch, dtype="fp32", device=device))
+            gp = GridPoint(Point(model=a.model, variant=name, options=options, batch_size=batch, dtype=dtype, device=device))
             torch.manual_seed(0)
             rec = measure_one(gp, settings, measure_point, _no_accuracy, lambda _s: None, run_id=store.path.name, session=session)
             rec["aa_repeat"] = rep + 1
@@ -102,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     within = {n: sum(abs(s - 1) <= a.tolerance for s in v) for n, v in figures.items()}
     passed = all(w >= need for w in within.values())
     summary = {
-        "model": a.model, "batch_size": batch, "dtype": "fp32", "device": device, "device_name": env.get("device_name"),
+        "model": a.model, "batch_size": batch, "dtype": dtype, "device": device, "device_name": env.get("device_name"),
         "torch": env.get("torch"), "threads": torch.get_num_threads(), "suite_settings": a.suite,
         "repeats": a.repeats, "tolerance": a.tolerance, "need": need, "speedups": figures, "intervals95": intervals,
         "within_tolerance": within, "passed": passed,
@@ -115,4 +120,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

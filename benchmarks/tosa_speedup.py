@@ -36,6 +36,7 @@ from typing import Any, Callable
 
 import torch
 
+from tosa_bench.errors import run_script
 from tosa_bench.measure.env import environment_record
 from tosa_bench.measure.point import measure_point
 from tosa_bench.measure.spec import Point, Settings, resolve_device
@@ -137,4 +138,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tosa_speedup import measure_pair  # noqa: E402  (a sibling script, not a package)
 
 from tosa_bench.measure.block_time import block_time_shares  # noqa: E402
+from tosa_bench.errors import run_script  # noqa: E402
 from tosa_bench.measure.env import environment_record  # noqa: E402
 from tosa_bench.measure.spec import Point, build_point_model, resolve_device  # noqa: E402
 from tosa_bench.models.chunks import describe_budget  # noqa: E402
@@ -191,4 +192,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

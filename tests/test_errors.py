@@ -254,3 +254,38 @@ def test_every_command_has_debug():
             "tosa-bench data make", "tosa-bench models"} <= set(found)
     for name, cmd in found.items():
         assert "--debug" in [o for p in cmd.params for o in p.opts], name
+
+
+def test_run_script_turns_input_errors_into_one_line_and_exit_2(capsys):
+    from tosa_bench.errors import run_script
+
+    def bad() -> int:
+        raise OptionError("dtype: fp16 autocast is not supported on CPU here\nsecond line")
+
+    assert run_script(bad) == 2
+    assert capsys.readouterr().err == "error: dtype: fp16 autocast is not supported on CPU here\n"
+    assert run_script(lambda: 7) == 7
+
+    def bug() -> int:
+        raise RuntimeError("a bug")
+
+    with pytest.raises(RuntimeError, match="a bug"):  # not input: a traceback, as the CLI does with --debug
+        run_script(bug)
+
+
+@pytest.mark.parametrize("script,args", [
+    ("aa_check.py", ["--dtype", "fp16"]),
+    ("tosa_speedup.py", ["--dtype", "fp16"]),
+    ("tosa_speedup_grid.py", ["--dtypes", "fp32,fp16"]),
+])
+def test_benchmark_scripts_refuse_a_dtype_the_cpu_cannot_run_in_one_line(script, args, tmp_path):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, str(root / "benchmarks" / script), *args, "--device", "cpu", "--out", str(out)],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(root)}, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == ["error: dtype: fp16 autocast is not supported on CPU here; use fp32 or bf16 on CPU, fp16 on CUDA"]
+    assert not out.exists()  # refused before anything was measured or written

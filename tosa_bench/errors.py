@@ -16,6 +16,8 @@ This module imports nothing from the package: every layer may import it.
 
 from __future__ import annotations
 
+from typing import Callable
+
 
 class UserInputError(ValueError):
     """Input that cannot be used as given (base of the family)."""
@@ -52,3 +54,16 @@ def first_line(err: BaseException) -> str:
     """The first non-empty line of ``err``'s message, else its type name."""
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
+
+
+def run_script(main: "Callable[[], int]") -> int:
+    """Run a benchmark script's ``main`` the way the CLI treats input errors: a
+    :class:`UserInputError` (a dtype the device cannot run, no CUDA, a bad suite or OUT)
+    becomes ``error: <message>`` on stderr and exit code 2; anything else propagates."""
+    import sys
+
+    try:
+        return main()
+    except UserInputError as e:
+        print(f"error: {first_line(e)}", file=sys.stderr)
+        return 2
