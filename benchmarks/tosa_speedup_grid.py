@@ -69,7 +69,7 @@ def selector_shares(rec: dict[str, Any], batch_size: int, device: str) -> dict[s
 def _selector_path(rec: dict[str, Any]) -> str:
     plans = [v for k, v in (rec.get("cpu_chunks") or {}).items() if k.startswith("selector")]
     if not plans:
-        return "one piece (not a CPU)" if rec.get("device", "cpu") != "cpu" else "n/a"
+        return ", ".join(rec.get("kernel_paths") or []) or "n/a"
     return describe_budget(plans[0]["bytes"])
 
 

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import tosa_bench
+from tosa_bench.methods import selector_triton
 from tosa_bench.measure.env import cpu_model, environment_record, git_state
 
 KEYS = {
@@ -79,6 +80,10 @@ def test_cuda_device_with_fake_gpu_and_nvml() -> None:
     rec = environment_record(cuda=FakeCuda(True), nvml=FakeNvml())
     assert rec["device"] == "cuda" and rec["device_name"] == "NVIDIA H100 80GB HBM3"
     assert rec["driver_version"] == "550.54.15"
+    # ToSA's GPU selector kernel: its Triton version, or None and why
+    kernel, reason = selector_triton.version_or_reason()
+    assert rec["selector_gpu_kernel"] == kernel and rec.get("selector_gpu_kernel_reason") == reason
+    assert (kernel is None) != (reason is None)
     rec = environment_record("cuda:0", cuda=FakeCuda(True), nvml=FakeNvml(fail=True))
     assert rec["driver_version"] is None and "NVML" in rec["driver_version_reason"]
 

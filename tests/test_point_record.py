@@ -87,6 +87,8 @@ def test_the_record_of_a_tosa_point_written_out(fakes) -> None:
     assert sum("attention heads 3 tokens 17" in k for k in chunks) == 1
     assert sum("selector heads 3 hidden 6 kernel 3 rows 17 keys 17" in k for k in chunks) == 1
     assert all(set(v) == {"bytes", "source", "fallback"} for v in chunks.values())
+    # and the selectors ran one CPU way, named (the kernel where it is built, else PyTorch ops)
+    assert len(rec["kernel_paths"]) == 1 and rec["kernel_paths"][0] in {"fused CPU kernel", "PyTorch ops in one piece", "PyTorch ops in chunks"}
     assert rec["speedup_paired"] == 2.0 and rec["speedup_efficiency"] == pytest.approx(2.0 / rec["speedup_ideal"], rel=1e-12)
     # latency: batch 1 at the point's size, dtype and device, the settings' steps, half the budget
     assert fakes.latency == [("VisionTransformer", TINY_SIZE, "cpu", "fp32", 2, 5, 4.0, False)]
@@ -107,6 +109,7 @@ def test_latency_without_a_budget_and_a_dense_point_keeps_no_keep(fakes, monkeyp
                         Settings(warmup=1, repeats=3, memory=False, paired=False), model=build_model("test_tiny"))
     assert fakes.latency == [("VisionTransformer", TINY_SIZE, "cpu", "bf16", 1, 3, None, True)]
     assert rec["keep"] is None and rec["resolved_options"] == {} and rec["compile"] is True and rec["dtype"] == "bf16"
+    assert rec["kernel_paths"] == []  # dense has no module that runs more than one way
 
 
 @pytest.mark.parametrize("settings,stages,present", [

@@ -100,7 +100,8 @@ def environment_record(
     driver_version, cpu_model, logical_cpus, usable_cpus (affinity), torch_threads,
     git_commit, git_dirty, plus ``*_reason`` keys for the fields that are None; on a CPU
     also cpu_chunk_machine and cpu_chunk_cache (what chunk calibrations are keyed by and
-    where they are kept, :mod:`tosa_bench.models.chunks`).
+    where they are kept, :mod:`tosa_bench.models.chunks`); on CUDA also
+    selector_gpu_kernel (the Triton version of ToSA's selector kernel, or None with a reason).
     """
     import torch
 
@@ -143,6 +144,12 @@ def environment_record(
             rec["driver_version"], reason = _driver_version(nvml)
             if reason:
                 rec["driver_version_reason"] = reason
+            from tosa_bench.methods import selector_triton
+
+            # ToSA's selector runs as one Triton kernel where it can; the record says whether it could
+            rec["selector_gpu_kernel"], reason = selector_triton.version_or_reason()
+            if reason:
+                rec["selector_gpu_kernel_reason"] = reason
         else:
             rec["device_name_reason"] = rec["driver_version_reason"] = "no CUDA device"
     else:

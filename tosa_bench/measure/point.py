@@ -34,6 +34,9 @@ Record units and conventions (every record says them in ``conventions``):
 - ``cpu_chunks``: the chunk budget (bytes per chunk, 0 = one piece) of each chunked CPU op
   the model ran, calibrated on this machine, and where it came from
   (:mod:`tosa_bench.models.chunks`); {} off the CPU.
+- ``kernel_paths``: how the method's own modules ran in the check's forward, where they
+  can run more than one way (ToSA's selectors: "triton kernel" on CUDA, "fused CPU
+  kernel", "PyTorch ops ..." with the reason on CUDA); [] for the other methods.
 """
 
 from __future__ import annotations
@@ -250,6 +253,7 @@ def measure_point(point: Point, settings: Settings = Settings(), stage: Callable
     _check_finite(model, point, device)
     record["threads"] = torch.get_num_threads()
     record["cpu_chunks"] = used_by(model)  # settled by the check's forward, before any timing
+    record["kernel_paths"] = model.reducer.kernel_paths()
     if settings.timing:
         from tosa_bench.measure.timing import measure_latency
 

@@ -139,6 +139,12 @@ class TokenReducer(nn.Module):
         """The method's resolved options (for records and tables)."""
         return {}
 
+    def kernel_paths(self) -> list[str]:
+        """How the method's own modules ran their last forward, where they can run more
+        than one way (ToSA's selector: a Triton kernel, the fused CPU kernel or PyTorch
+        ops): the distinct ``last_path`` of its submodules, sorted; [] for the others."""
+        return sorted({p for m in self.modules() if (p := getattr(m, "last_path", None))})
+
     def forward(self, blocks: nn.ModuleList, x: Tensor, collect: tuple[int, ...] = (), need_full: bool = False) -> ReducerOutput:
         counts, inter = [], {}
         for i, blk in enumerate(blocks):

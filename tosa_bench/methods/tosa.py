@@ -66,7 +66,7 @@ from tosa_bench.methods.base import (
     validate_keep,
 )
 from tosa_bench.methods.registry import GridEntry, Knobs, Method, OptionSpec, register
-from tosa_bench.methods import selector_kernel
+from tosa_bench.methods import selector_kernel, selector_triton
 from tosa_bench.models.chunks import CALIBRATED, CALIBRATION_IMAGES, CANDIDATE_BYTES, FUSED, Chunked, ChunkKey, items_per_chunk
 
 PLACEMENT_SCHEMES = {
@@ -133,6 +133,10 @@ class TokenSelector(Chunked, nn.Module):
     or these convolutions over the rows in chunks, whichever was timed faster on the
     machine (:mod:`tosa_bench.models.chunks`).
     """
+
+    #: how the last :meth:`received` ran ("triton kernel", "fused CPU kernel", "PyTorch ops
+    #: ..." with the reason on CUDA); records list these (``kernel_paths``)
+    last_path: str | None = None
 
     def __init__(self, num_heads: int, hidden: int | None = None, kernel: int = 3) -> None:
         super().__init__()
@@ -217,10 +221,19 @@ class TokenSelector(Chunked, nn.Module):
         ranking unchanged. ``budget_bytes``: the chunk budget (None or 0: one piece; -1:
         the fused CPU kernel; the default, what was calibrated on this machine)."""
         B, _, R, N = logits.shape
+        if budget_bytes == CALIBRATED and logits.device.type == "cuda":
+            why = "the predicted logits are kept" if keep_logits else selector_triton.unavailable_reason(logits)
+            if why is None:
+                self.last_path = "triton kernel"
+                return selector_triton.received(logits, self.conv1, self.conv2), None
+            self.last_path = f"PyTorch ops ({why})"
         if budget_bytes == CALIBRATED:
             budget_bytes = self.cpu_budget(logits)
         if budget_bytes == FUSED:
+            self.last_path = "fused CPU kernel"
             return selector_kernel.received(logits, self.conv1, self.conv2, keep_logits)
+        if logits.device.type == "cpu":
+            self.last_path = "PyTorch ops in one piece" if not budget_bytes else "PyTorch ops in chunks"
         imgs, rows = self.chunking(B, R, N, budget_bytes, logits.element_size())
         received, kept = [], []
         for b in range(0, B, imgs):

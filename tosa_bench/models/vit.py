@@ -90,14 +90,16 @@ class Attention(Chunked, nn.Module):
         in cache when multiplied by v; ``budget_bytes`` bounds a chunk's map (None or 0:
         one piece; -1: the output by fused ``scaled_dot_product_attention`` and the logits
         by their own product, which computes q k^T twice but never writes or re-reads the
-        probabilities; the default: whichever was timed fastest on this machine,
-        :mod:`tosa_bench.models.chunks`)."""
+        probabilities; the default: on a CPU whichever was timed fastest on this machine,
+        :mod:`tosa_bench.models.chunks`, elsewhere the fused form)."""
         logits = (q * self.scale) @ k.transpose(-2, -1)
         if bias is not None:
             logits = logits + bias
         B, H, n, _ = logits.shape
         if budget_bytes == CALIBRATED:
-            budget_bytes = self.cpu_budget(q, n)
+            # off the CPU the fused form: flash attention never writes the probabilities,
+            # and the softmax (float32 under autocast) would write twice the logits' bytes
+            budget_bytes = self.cpu_budget(q, n) if q.device.type == "cpu" else FUSED
         if budget_bytes == FUSED:
             return F.scaled_dot_product_attention(q, k, v, attn_mask=None if bias is None else bias.to(q.dtype)), logits
         step = items_per_chunk(B, H * n * n * logits.element_size(), budget_bytes)

@@ -1,0 +1,132 @@
+"""ToSA's Triton selector kernel (tosa_bench/methods/selector_triton.py) on the CPU.
+
+The kernel's arithmetic runs here through Triton's interpreter (``TRITON_INTERPRET=1``,
+numpy underneath) in a child process, since the variable must be set before Triton is
+imported; each case is compared with a float64 reference written independently of both
+the kernel and the PyTorch path (``conv1d`` over rows, softmax, sums). The shapes cover
+two programs per image with a partial last one, the "cls" rule's single row, a hidden
+width and key count that are not powers of two, kernels 1 and 5, and maps that are a
+strided view, with 1 to 5 query rows packed per tile. float16 only: float32 maps go to
+the PyTorch ops, and bf16 is checked on a GPU only (tests/test_gpu_paths.py): the interpreter
+computes a bf16 ``tl.dot`` wrongly (a 16 x 16 product off by ~1e10 with Triton 3.8).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tosa_bench.methods import selector_triton
+from tosa_bench.methods.tosa import TokenSelector
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CHILD = r"""
+import json, sys
+import torch, torch.nn.functional as F
+from tosa_bench.methods import selector_triton
+from tosa_bench.methods.tosa import TokenSelector
+
+def reference(maps, sel):
+    B, H, R, N = maps.shape
+    rows = maps.double().permute(0, 2, 1, 3).reshape(B * R, H, N)
+    w1, b1, w2, b2 = (t.detach().double() for t in (sel.conv1.weight, sel.conv1.bias, sel.conv2.weight, sel.conv2.bias))
+    p = sel.kernel // 2
+    z = F.conv1d(F.relu(F.conv1d(rows, w1, b1, padding=p)), w2, b2, padding=p)
+    return z.softmax(dim=-1).view(B, R, H, N).sum(dim=(1, 2))
+
+out = []
+for case in json.loads(sys.argv[1]):
+    torch.manual_seed(case["seed"])
+    sel = TokenSelector(case["H"], case["C"], case["K"])
+    with torch.no_grad():  # away from the identity start: trained-like weights
+        for prm in sel.parameters():
+            prm.add_(0.1 * torch.randn_like(prm))
+    B, H, R, N = case["B"], case["H"], case["R"], case["N"]
+    maps = 3 * torch.randn(B, R, H, N)
+    maps = maps.permute(0, 2, 1, 3) if case["strided"] else maps.permute(0, 2, 1, 3).contiguous()
+    maps = maps.half()
+    with torch.no_grad():
+        got = selector_triton.received(maps, sel.conv1, sel.conv2)
+    ref = reference(maps, sel)
+    out.append({"shape": list(got.shape), "dtype": str(got.dtype),
+                "error": ((got.double() - ref).abs().max() / ref.abs().max()).item()})
+print(json.dumps(out))
+"""
+
+CASES = [
+    # DeiT-S's 6 heads: two rows per tile; 20 rows = programs of 16 and 4 rows
+    {"B": 2, "H": 6, "C": 12, "K": 3, "R": 20, "N": 33, "seed": 0, "strided": False},
+    # the "cls" rule: one query row, so the second packed row of the tile is empty
+    {"B": 2, "H": 6, "C": 12, "K": 3, "R": 1, "N": 33, "seed": 1, "strided": False},
+    # 4 heads: four rows per tile; hidden 10 (40 lanes, padded to 64), kernel 5, 17 keys (padded to 32)
+    {"B": 1, "H": 4, "C": 10, "K": 5, "R": 7, "N": 17, "seed": 2, "strided": False},
+    # 3 heads: five rows per tile (15 rows per program), kernel 1, exactly 16 keys
+    {"B": 2, "H": 3, "C": 6, "K": 1, "R": 17, "N": 16, "seed": 3, "strided": False},
+    # 5 heads: three rows per tile and one unused lane; a strided view of the maps
+    {"B": 2, "H": 5, "C": 10, "K": 3, "R": 4, "N": 33, "seed": 4, "strided": True},
+    # DeiT-B's 12 heads: one row per tile, hidden 24 (padded to 32)
+    {"B": 1, "H": 12, "C": 24, "K": 3, "R": 3, "N": 20, "seed": 5, "strided": False},
+]
+#: fp16 operands and hidden activations against float64: the rounding of a few fp16 steps
+TOLERANCE = 3e-3
+
+
+@pytest.fixture(scope="module")
+def interpreted() -> list[dict]:
+    pytest.importorskip("triton", reason="triton is not installed: the kernel cannot be interpreted here")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", CHILD, json.dumps(CASES)], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("i", range(len(CASES)), ids=[f"H{c['H']}C{c['C']}K{c['K']}R{c['R']}N{c['N']}" for c in CASES])
+def test_kernel_matches_a_float64_reference(interpreted, i) -> None:
+    case, got = CASES[i], interpreted[i]
+    assert got["shape"] == [case["B"], case["N"]] and got["dtype"] == "torch.float32"
+    assert got["error"] <= TOLERANCE, got
+
+
+def test_reasons_it_will_not_run(monkeypatch) -> None:
+    if selector_triton.unavailable_reason() is not None:
+        pytest.skip(f"the kernel is unavailable here: {selector_triton.unavailable_reason()}")
+    maps = torch.randn(1, 2, 3, 5).half()
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        assert selector_triton.unavailable_reason(maps) == "maps on cpu, not a CUDA device"
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # past the device check, to reach the others
+    assert selector_triton.usable(maps)
+    for dtype in (torch.float32, torch.float64):
+        assert selector_triton.unavailable_reason(maps.to(dtype)) == f"maps of dtype {str(dtype)[6:]} (the kernel takes float16 and bfloat16)"
+    wide = torch.randn(1, 1, 1, 513).half()
+    assert selector_triton.unavailable_reason(wide) == "513 keys (the kernel takes up to 512)"
+    assert selector_triton.usable(torch.randn(1, 1, 1, 512).half())
+    with torch.enable_grad():
+        assert selector_triton.unavailable_reason(maps.requires_grad_()) == "a gradient is wanted (the kernel has no backward)"
+    monkeypatch.setenv(selector_triton.DISABLE_ENV, "1")
+    assert selector_triton.unavailable_reason(maps.detach()) == f"turned off by {selector_triton.DISABLE_ENV}"
+    assert selector_triton.version_or_reason() == (None, f"turned off by {selector_triton.DISABLE_ENV}")
+
+
+def test_version_names_triton_when_it_can_run(monkeypatch) -> None:
+    monkeypatch.delenv(selector_triton.DISABLE_ENV, raising=False)
+    version, reason = selector_triton.version_or_reason()
+    if reason is None:
+        import triton
+
+        assert version == f"triton {triton.__version__}"
+    else:
+        assert version is None and reason.startswith("triton is not importable")
+
+
+def test_the_cpu_path_never_takes_the_triton_kernel() -> None:
+    sel = TokenSelector(3)
+    with torch.no_grad():
+        sel.received(torch.randn(2, 3, 9, 9))
+    assert sel.last_path in {"fused CPU kernel", "PyTorch ops in one piece", "PyTorch ops in chunks"}
