@@ -130,3 +130,21 @@ def test_the_cpu_path_never_takes_the_triton_kernel() -> None:
     with torch.no_grad():
         sel.received(torch.randn(2, 3, 9, 9))
     assert sel.last_path in {"fused CPU kernel", "PyTorch ops in one piece", "PyTorch ops in chunks"}
+
+
+@pytest.mark.parametrize("heads,hidden,rows,keys,expected", [
+    # DeiT-S, "mean" rule: 2 rows of 6 heads per 16-lane tile, 8 tiles (16 rows) per program, 13 programs per image
+    (6, 12, 197, 197, (16, 2, 32, 256, 8, 13)),
+    # DeiT-S, "cls" rule: its one row takes one pass of one program, not 8 passes over empty rows
+    (6, 12, 1, 197, (16, 2, 32, 256, 1, 1)),
+    # DeiT-B: 12 heads, one row per tile, 16 rows per program
+    (12, 24, 197, 197, (16, 1, 32, 256, 16, 13)),
+    # 3 heads: 5 rows per tile, 3 tiles (15 rows) per program; 17 rows need 2 programs
+    (3, 6, 17, 16, (16, 5, 32, 16, 3, 2)),
+    # 17 heads: 32 lanes, one row; 257 keys pad to 512
+    (17, 34, 4, 257, (32, 1, 64, 512, 4, 1)),
+])
+def test_tiling(heads, hidden, rows, keys, expected) -> None:
+    t = selector_triton.tiling(heads, hidden, rows, keys)
+    assert tuple(t) == expected
+    assert t.packed * t.iters * t.programs >= rows > t.packed * t.iters * (t.programs - 1)  # every row, no spare program

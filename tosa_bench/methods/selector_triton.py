@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import functools
 import os
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -121,7 +122,7 @@ def unavailable_reason(logits: Tensor | None = None) -> str | None:
         return f"maps of dtype {str(logits.dtype).removeprefix('torch.')} (the kernel takes float16 and bfloat16)"
     if torch.is_grad_enabled() and logits.requires_grad:
         return "a gradient is wanted (the kernel has no backward)"
-    if found[0].next_power_of_2(logits.shape[-1]) > MAX_KEYS:
+    if _pad16(logits.shape[-1]) > MAX_KEYS:
         return f"{logits.shape[-1]} keys (the kernel takes up to {MAX_KEYS})"
     return None
 
@@ -141,6 +142,30 @@ def _pad16(n: int) -> int:
     return max(16, 1 << (n - 1).bit_length())
 
 
+class Tiling(NamedTuple):
+    """How :func:`received` lays one launch out: ``lanes`` (heads padded, the tile's rows),
+    ``packed`` query rows per tile, ``hidden`` lanes of conv1's output (packed x hidden,
+    padded), ``keys`` (padded), ``iters`` tiles per program, ``programs`` per image."""
+
+    lanes: int
+    packed: int
+    hidden: int
+    keys: int
+    iters: int
+    programs: int
+
+
+def tiling(heads: int, hidden: int, rows: int, keys: int) -> Tiling:
+    """The launch for maps of ``rows`` query rows x ``keys`` keys and a selector of
+    ``heads`` -> ``hidden`` channels: as many rows as fit whole share a tile (DeiT-S: 2
+    rows of 6 heads in 16 lanes), about ``ROWS`` rows per program, and never a pass over
+    rows that do not exist (the "cls" rule's single row is one pass)."""
+    lanes = _pad16(heads)
+    packed = lanes // heads
+    iters = max(1, min(ROWS // packed, -(-rows // packed)))
+    return Tiling(lanes, packed, _pad16(packed * hidden), _pad16(keys), iters, -(-rows // (packed * iters)))
+
+
 def received(logits: Tensor, conv1: torch.nn.Conv1d, conv2: torch.nn.Conv1d) -> Tensor:
     """(B, N) float32: the predicted attention each key receives, summed over heads and the
     R query rows of ``logits`` (B, H, R, N), as :meth:`TokenSelector.received` computes
@@ -150,24 +175,20 @@ def received(logits: Tensor, conv1: torch.nn.Conv1d, conv2: torch.nn.Conv1d) -> 
         raise RuntimeError(reason)
     B, H, R, N = logits.shape
     C, _, K = conv1.weight.shape
-    HP, NP = _pad16(H), max(16, triton.next_power_of_2(N))
-    RP = HP // H  # query rows packed into one tile's lanes (DeiT-S: 2 rows of 6 heads in 16 lanes)
-    CP = _pad16(RP * C)
-    iters = max(1, ROWS // RP)
+    t = tiling(H, C, R, N)
     dtype, dev = logits.dtype, logits.device
     with torch.no_grad():
         # block-diagonal weights: packed row q's heads q*H.. feed its hidden channels q*C..
-        w1 = torch.zeros(K, CP, HP, dtype=dtype, device=dev)
-        w2 = torch.zeros(K, HP, CP, dtype=dtype, device=dev)
-        b1 = torch.zeros(CP, dtype=torch.float32, device=dev)
-        b2 = torch.zeros(HP, dtype=torch.float32, device=dev)
-        for j in range(RP):
+        w1 = torch.zeros(K, t.hidden, t.lanes, dtype=dtype, device=dev)
+        w2 = torch.zeros(K, t.lanes, t.hidden, dtype=dtype, device=dev)
+        b1 = torch.zeros(t.hidden, dtype=torch.float32, device=dev)
+        b2 = torch.zeros(t.lanes, dtype=torch.float32, device=dev)
+        for j in range(t.packed):
             w1[:, j * C : (j + 1) * C, j * H : (j + 1) * H] = conv1.weight.permute(2, 0, 1).to(dtype)
             w2[:, j * H : (j + 1) * H, j * C : (j + 1) * C] = conv2.weight.permute(2, 0, 1).to(dtype)
             b1[j * C : (j + 1) * C] = conv1.bias
             b2[j * H : (j + 1) * H] = conv2.bias
-        programs = triton.cdiv(R, RP * iters)
-        part = torch.empty(B, programs, NP, dtype=torch.float32, device=dev)
-        kernel[(B, programs)](logits, w1, b1, w2, b2, part, R, N, *logits.stride(),
-                              H=H, HP=HP, CP=CP, NP=NP, K=K, RP=RP, ITER=iters, num_warps=4 if NP < 256 else 8)
+        part = torch.empty(B, t.programs, t.keys, dtype=torch.float32, device=dev)
+        kernel[(B, t.programs)](logits, w1, b1, w2, b2, part, R, N, *logits.stride(), H=H, HP=t.lanes, CP=t.hidden, NP=t.keys,
+                                K=K, RP=t.packed, ITER=t.iters, num_warps=4 if t.keys < 256 else 8)
         return part.sum(dim=1)[:, :N]
