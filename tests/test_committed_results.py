@@ -38,3 +38,28 @@ def test_counts_equal_the_committed_run(index):
     # the closed form now equals the counter exactly (the final norm sees all N tokens
     # under ToSA and random: the committed run predates that fix by 5 (N - k - 1) D MACs)
     assert round(new["gmacs_analytic"] * 1e9) == round(new["gmacs"] * 1e9)
+
+
+GPU_RUNS = ["methods-h100-b256-fp16", "gpu-speed-h100", "gpu-speed-h100-cls"]
+
+
+@pytest.mark.parametrize("run", GPU_RUNS)
+def test_gpu_runs_count_what_todays_code_counts(run):
+    """The GPU result sets were measured on a borrowed H100; their hashes, GMACs and token
+    counts are device-independent and must match what this code computes on any machine,
+    and their speed-ups must be the median of their own per-round ratios."""
+    import statistics
+
+    from tosa_bench.measure.spec import Point
+
+    path = RUN.parent / run / "records.jsonl"
+    for old in map(json.loads, path.read_text().splitlines()):
+        point = Point(model=old["model"], variant=old["variant"], options=old["options"], batch_size=old["batch_size"],
+                      dtype=old["dtype"], device=old["device"])
+        assert point.config_hash() == old["config_hash"]
+        new = count_point(build_point_model(point))
+        assert (new["gmacs"], new["params"], new["tokens_per_block"]) == (old["gmacs"], old["params"], old["tokens_per_block"])
+        assert old["device"] == "cuda" and old["dtype"] == "fp16" and old["batch_size"] == 256
+        if old["variant"] != "dense":
+            assert old["speedup_paired"] == statistics.median(old["speedup_paired_rounds"])
+            assert old["speedup_paired_ci_low"] <= old["speedup_paired"] <= old["speedup_paired_ci_high"]
