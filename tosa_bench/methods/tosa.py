@@ -131,7 +131,9 @@ class TokenSelector(Chunked, nn.Module):
     :meth:`received` is the path ToSA's forward uses: it sums the predicted attention per
     key and, on a CPU, runs either the fused kernel (:mod:`tosa_bench.methods.selector_kernel`)
     or these convolutions over the rows in chunks, whichever was timed faster on the
-    machine (:mod:`tosa_bench.models.chunks`).
+    machine (:mod:`tosa_bench.models.chunks`); on CUDA, the Triton kernel
+    (:mod:`tosa_bench.methods.selector_triton`) where it takes the maps, else these
+    convolutions in one piece.
     """
 
     #: how the last :meth:`received` ran ("triton kernel", "fused CPU kernel", "PyTorch ops
@@ -219,7 +221,8 @@ class TokenSelector(Chunked, nn.Module):
         (B, N). With ``keep_logits`` also the predicted logits (B, H, R, N) (what
         :meth:`forward` returns), else None. Summing instead of averaging leaves the
         ranking unchanged. ``budget_bytes``: the chunk budget (None or 0: one piece; -1:
-        the fused CPU kernel; the default, what was calibrated on this machine)."""
+        the fused CPU kernel; the default: on a CPU what was calibrated on this machine, on
+        CUDA the Triton kernel where it takes the maps)."""
         B, _, R, N = logits.shape
         if budget_bytes == CALIBRATED and logits.device.type == "cuda":
             why = "the predicted logits are kept" if keep_logits else selector_triton.unavailable_reason(logits)
