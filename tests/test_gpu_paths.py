@@ -176,3 +176,22 @@ def test_off_the_cpu_a_map_block_takes_the_fused_attention(monkeypatch):
     seen.clear()
     att._explicit(*(torch.randn(2, 4, 9, 8) for _ in range(3)), None, budget_bytes=None)
     assert seen == []  # the explicit form, asked for by name
+
+
+@needs_cuda
+def test_a_kernel_that_cannot_run_falls_back_to_the_pytorch_ops(monkeypatch):
+    """(Written after the last GPU session: not yet run on a GPU.) A kernel Triton cannot fit
+    on the card gives the PyTorch ops' result, with the reason in the record."""
+    from tosa_bench.methods import selector_triton
+
+    def cannot(*args, **kwargs):
+        raise selector_triton.KernelFailed("the kernel could not run here: OutOfResources: shared memory")
+
+    monkeypatch.setattr(selector_triton, "received", cannot)
+    sel = TokenSelector(6).cuda()
+    maps = torch.randn(2, 6, 197, 197, device="cuda").half()
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16):
+        got = sel.received(maps)[0]
+        ops = sel.received(maps, budget_bytes=None)[0]
+    assert sel.last_path == "PyTorch ops (the kernel could not run here: OutOfResources: shared memory)"
+    assert torch.equal(got, ops)

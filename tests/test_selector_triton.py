@@ -148,3 +148,50 @@ def test_tiling(heads, hidden, rows, keys, expected) -> None:
     t = selector_triton.tiling(heads, hidden, rows, keys)
     assert tuple(t) == expected
     assert t.packed * t.iters * t.programs >= rows > t.packed * t.iters * (t.programs - 1)  # every row, no spare program
+
+
+def test_a_kernel_that_does_not_fit_fails_once_with_its_reason(monkeypatch) -> None:
+    """On a GPU with less shared memory than the kernel needs, Triton raises at launch: the
+    selector must then run the PyTorch ops with the reason recorded, and not try again."""
+    triton = pytest.importorskip("triton", reason="triton is not installed")
+    from triton.runtime.errors import OutOfResources
+
+    launches = []
+
+    class TooBig:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                launches.append(grid)
+                raise OutOfResources(251904, 232448, "shared memory")
+            return launch
+
+    monkeypatch.setattr(selector_triton, "_triton", lambda: ((triton, TooBig()), None))
+    monkeypatch.setattr(selector_triton, "_failed", {})
+    sel = TokenSelector(6)
+    maps = torch.randn(2, 6, 5, 9).half()
+    reason = "the kernel could not run here: OutOfResources: out of resource: shared memory, Required: 251904, Hardware limit: 232448."
+    for _ in range(2):
+        with pytest.raises(selector_triton.KernelFailed) as failed:
+            selector_triton.received(maps, sel.conv1, sel.conv2)
+        assert str(failed.value).startswith(reason)
+    assert launches == [(2, 1)]  # the second call did not launch again
+    # another layout is tried on its own
+    with pytest.raises(selector_triton.KernelFailed):
+        selector_triton.received(torch.randn(2, 6, 5, 40).half(), sel.conv1, sel.conv2)
+    assert len(launches) == 2
+
+
+def test_any_other_launch_error_propagates(monkeypatch) -> None:
+    triton = pytest.importorskip("triton", reason="triton is not installed")
+
+    class Broken:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                raise ValueError("a bug in the launch arguments")
+            return launch
+
+    monkeypatch.setattr(selector_triton, "_triton", lambda: ((triton, Broken()), None))
+    monkeypatch.setattr(selector_triton, "_failed", {})
+    sel = TokenSelector(6)
+    with pytest.raises(ValueError, match="a bug"):
+        selector_triton.received(torch.randn(1, 6, 1, 9).half(), sel.conv1, sel.conv2)

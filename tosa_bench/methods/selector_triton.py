@@ -107,6 +107,25 @@ def _triton():
     return (triton, kernel), None
 
 
+class KernelFailed(RuntimeError):
+    """The kernel could not be compiled or launched for these maps on this device (e.g. a
+    GPU with less shared memory than an H100): the caller runs the PyTorch ops instead and
+    records this message as the reason."""
+
+
+#: launches that failed, by (device, dtype, tiling, kernel size): tried once per process
+_failed: dict[tuple, str] = {}
+
+
+def _launch_errors() -> tuple[type[BaseException], ...]:
+    """Triton's errors for a kernel that does not fit or does not compile on this device;
+    anything else is a bug and propagates."""
+    from triton.compiler.errors import CompilationError
+    from triton.runtime.errors import OutOfResources
+
+    return (OutOfResources, CompilationError)
+
+
 def unavailable_reason(logits: Tensor | None = None) -> str | None:
     """Why the kernel will not run (for these maps, when given); None when it will."""
     if os.environ.get(DISABLE_ENV):
@@ -169,7 +188,8 @@ def tiling(heads: int, hidden: int, rows: int, keys: int) -> Tiling:
 def received(logits: Tensor, conv1: torch.nn.Conv1d, conv2: torch.nn.Conv1d) -> Tensor:
     """(B, N) float32: the predicted attention each key receives, summed over heads and the
     R query rows of ``logits`` (B, H, R, N), as :meth:`TokenSelector.received` computes
-    it. Needs :func:`usable`."""
+    it. Needs :func:`usable`. Raises :class:`KernelFailed` where Triton cannot compile or
+    fit the kernel on this device (once; later calls with that layout raise at once)."""
     (triton, kernel), reason = _triton()
     if kernel is None:
         raise RuntimeError(reason)
@@ -189,6 +209,14 @@ def received(logits: Tensor, conv1: torch.nn.Conv1d, conv2: torch.nn.Conv1d) -> 
             b1[j * C : (j + 1) * C] = conv1.bias
             b2[j * H : (j + 1) * H] = conv2.bias
         part = torch.empty(B, t.programs, t.keys, dtype=torch.float32, device=dev)
-        kernel[(B, t.programs)](logits, w1, b1, w2, b2, part, R, N, *logits.stride(), H=H, HP=t.lanes, CP=t.hidden, NP=t.keys,
-                                K=K, RP=t.packed, ITER=t.iters, num_warps=4 if t.keys < 256 else 8)
+        key = (str(dev), dtype, t, K)
+        if key in _failed:
+            raise KernelFailed(_failed[key])
+        try:
+            kernel[(B, t.programs)](logits, w1, b1, w2, b2, part, R, N, *logits.stride(), H=H, HP=t.lanes, CP=t.hidden, NP=t.keys,
+                                    K=K, RP=t.packed, ITER=t.iters, num_warps=4 if t.keys < 256 else 8)
+        except _launch_errors() as e:
+            text = str(e).strip().splitlines()
+            _failed[key] = f"the kernel could not run here: {type(e).__name__}: {text[0][:200] if text else ''}".rstrip(": ")
+            raise KernelFailed(_failed[key]) from e
         return part.sum(dim=1)[:, :N]

@@ -227,8 +227,13 @@ class TokenSelector(Chunked, nn.Module):
         if budget_bytes == CALIBRATED and logits.device.type == "cuda":
             why = "the predicted logits are kept" if keep_logits else selector_triton.unavailable_reason(logits)
             if why is None:
-                self.last_path = "triton kernel"
-                return selector_triton.received(logits, self.conv1, self.conv2), None
+                try:
+                    out = selector_triton.received(logits, self.conv1, self.conv2)
+                except selector_triton.KernelFailed as e:  # e.g. too little shared memory on this GPU
+                    why = str(e)
+                else:
+                    self.last_path = "triton kernel"
+                    return out, None
             self.last_path = f"PyTorch ops ({why})"
         if budget_bytes == CALIBRATED:
             budget_bytes = self.cpu_budget(logits)
