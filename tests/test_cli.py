@@ -92,3 +92,11 @@ def test_ci_runs_the_readme_test_command():
     assert len(commands) == 2, "the README has exactly two set-up commands"
     assert "pytest" in commands[1] and commands[1] in ci.splitlines()
     assert "tosa-bench sweep --keep 0.5" in commands[0]
+
+
+def test_the_studied_variant_default_is_the_registrys_match_target():
+    # a literal in cli/common so that --help imports no torch; it must stay the method under study
+    from tosa_bench.cli.common import STUDIED_VARIANT
+    from tosa_bench.methods import registry
+
+    assert registry.match_target().name == STUDIED_VARIANT

@@ -16,6 +16,7 @@ This module imports nothing from the package: every layer may import it.
 
 from __future__ import annotations
 
+import sys
 from typing import Callable
 
 
@@ -60,8 +61,6 @@ def run_script(main: "Callable[[], int]") -> int:
     """Run a benchmark script's ``main`` the way the CLI treats input errors: a
     :class:`UserInputError` (a dtype the device cannot run, no CUDA, a bad suite or OUT)
     becomes ``error: <message>`` on stderr and exit code 2; anything else propagates."""
-    import sys
-
     try:
         return main()
     except UserInputError as e:

@@ -135,6 +135,10 @@ err = Console(stderr=True)
 #: --variant takes any method of the registry (checked when the command runs, so methods
 #: registered after import count; naming them here would import torch for --help)
 VARIANT_HELP = "Token-reduction method: a variant listed by `tosa-bench models`."
+#: the default --variant of the commands that look at one method (profile, show-tokens): the
+#: method under study, the registry's match target; a literal for the same reason as above
+#: (tests/test_cli.py checks it against the registry)
+STUDIED_VARIANT = "tosa"
 # One vocabulary for every command (README "Options"): the same name and help text for
 # the same thing wherever it appears.
 PLACEMENT_HELP = "ToSA/random selector blocks: alternate, alternate-even, second-half, all, last:K, or indices like 3,5,7."

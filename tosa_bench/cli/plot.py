@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 import typer
 
 from tosa_bench.cli.common import (CHECKPOINT_HELP, FUSE_HELP, IMPORTANCE_HELP, PLACEMENT_HELP, SEED_HELP, SELECTOR_HELP,
-                                   VARIANT_HELP, app, check_output_dir, guarded, out, point_options, say)
+                                   STUDIED_VARIANT, VARIANT_HELP, app, check_output_dir, guarded, out, point_options, say)
 from tosa_bench.errors import OptionError
 
 PLOT_HELP = """Paper-style figures of one or more runs, from their stores alone.
@@ -112,7 +112,7 @@ def plot_command(
 def show_tokens_command(
     images: Annotated[list[Path], typer.Argument(help="Image files (JPEG, PNG, ...).")],
     model: Annotated[str, typer.Option("--model", "-m", help="Model config (see `tosa-bench models`).")] = "deit_small_patch16_224",
-    variant: Annotated[str, typer.Option("--variant", "-v", help=VARIANT_HELP)] = "tosa",
+    variant: Annotated[str, typer.Option("--variant", "-v", help=VARIANT_HELP)] = STUDIED_VARIANT,
     keep: Annotated[Optional[float], typer.Option("--keep", "-k", help="Keep ratio in (0, 1]; what it means per variant: `tosa-bench models`.")] = None,
     placement: Annotated[Optional[str], typer.Option("--placement", help=PLACEMENT_HELP)] = None,
     tome_r: Annotated[Optional[int], typer.Option("--tome-r", help="ToMe tokens merged per block (overrides the keep mapping).")] = None,

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from tosa_bench.cli.common import (BATCH_HELP, CHECKPOINT_HELP, FUSE_HELP, IMPORTANCE_HELP, PLACEMENT_HELP, SEED_HELP, SELECTOR_HELP,
-                                   VARIANT_HELP, DType, app, check_output_file, default_batch_size, deprecated_alias, guarded, json_safe,
+                                   STUDIED_VARIANT, VARIANT_HELP, DType, app, check_output_file, default_batch_size, deprecated_alias, guarded, json_safe,
                                    out, output_file, parse_size, point_options)
 from tosa_bench.errors import OptionError
 
@@ -18,7 +18,7 @@ from tosa_bench.errors import OptionError
 @guarded
 def profile_command(
     model: Annotated[str, typer.Option(help="Model config, e.g. deit_small_patch16_224 (see `tosa-bench models`).")] = "deit_small_patch16_224",
-    variant: Annotated[str, typer.Option(help=VARIANT_HELP)] = "tosa",
+    variant: Annotated[str, typer.Option(help=VARIANT_HELP)] = STUDIED_VARIANT,
     keep: Annotated[Optional[float], typer.Option(help="Keep ratio in (0, 1]; what it means per variant: `tosa-bench models` (tome: r = round((1-keep)(N-1)/L)).")] = None,
     placement: Annotated[Optional[str], typer.Option(help=PLACEMENT_HELP)] = None,
     tome_r: Annotated[Optional[int], typer.Option("--tome-r", help="ToMe tokens merged per block (overrides the keep mapping).")] = None,
