@@ -197,6 +197,9 @@ def received(logits: Tensor, conv1: torch.nn.Conv1d, conv2: torch.nn.Conv1d) -> 
     C, _, K = conv1.weight.shape
     t = tiling(H, C, R, N)
     dtype, dev = logits.dtype, logits.device
+    key = (str(dev), dtype, t, K)
+    if key in _failed:  # before any packing: a layout that failed once is not tried again
+        raise KernelFailed(_failed[key])
     with torch.no_grad():
         # block-diagonal weights: packed row q's heads q*H.. feed its hidden channels q*C..
         w1 = torch.zeros(K, t.hidden, t.lanes, dtype=dtype, device=dev)
@@ -209,9 +212,6 @@ def received(logits: Tensor, conv1: torch.nn.Conv1d, conv2: torch.nn.Conv1d) -> 
             b1[j * C : (j + 1) * C] = conv1.bias
             b2[j * H : (j + 1) * H] = conv2.bias
         part = torch.empty(B, t.programs, t.keys, dtype=torch.float32, device=dev)
-        key = (str(dev), dtype, t, K)
-        if key in _failed:
-            raise KernelFailed(_failed[key])
         try:
             kernel[(B, t.programs)](logits, w1, b1, w2, b2, part, R, N, *logits.stride(), H=H, HP=t.lanes, CP=t.hidden, NP=t.keys,
                                     K=K, RP=t.packed, ITER=t.iters, num_warps=4 if t.keys < 256 else 8)
