@@ -37,7 +37,7 @@ from tosa_bench.measure.block_time import block_time_shares  # noqa: E402
 from tosa_bench.errors import run_script  # noqa: E402
 from tosa_bench.measure.env import environment_record  # noqa: E402
 from tosa_bench.measure.spec import Point, build_point_model, resolve_device  # noqa: E402
-from tosa_bench.models.chunks import describe_budget  # noqa: E402
+from tosa_bench.models.chunks import FUSED, describe_budget  # noqa: E402
 from tosa_bench.precision import resolve_autocast  # noqa: E402
 from tosa_bench.results.store import ENV, RECORDS, RunStore, read_records  # noqa: E402
 from tosa_bench.sweep.session import check_out_dir  # noqa: E402
@@ -67,10 +67,12 @@ def selector_shares(rec: dict[str, Any], batch_size: int, device: str) -> dict[s
 
 
 def _selector_path(rec: dict[str, Any]) -> str:
-    plans = [v for k, v in (rec.get("cpu_chunks") or {}).items() if k.startswith("selector")]
-    if not plans:
-        return ", ".join(rec.get("kernel_paths") or []) or "n/a"
-    return describe_budget(plans[0]["bytes"])
+    """How the selectors ran: the chunk size of a chunked PyTorch path, else the record's
+    kernel paths (which name the kernel's vector width)."""
+    plans = [v for k, v in (rec.get("cpu_chunks") or {}).items() if k.startswith("selector ")]
+    if plans and plans[0]["bytes"] != FUSED:
+        return describe_budget(plans[0]["bytes"])
+    return ", ".join(rec.get("kernel_paths") or []) or (describe_budget(plans[0]["bytes"]) if plans else "n/a")
 
 
 def summary_row(dense: dict[str, Any], tosa: dict[str, Any]) -> dict[str, Any]:

@@ -37,6 +37,27 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture
+def pin_budget(monkeypatch):
+    """``pin_budget(b, fallback=WHOLE)`` makes every chunked op ("selector", "attention")
+    use budget ``b`` for the rest of the test. The selector kernel's vector width (op
+    "selector-kernel") is not a chunk budget: it keeps being calibrated (in this session's
+    cache directory), so a pinned fused budget runs the kernel as it would run."""
+    from tosa_bench.models import chunks
+
+    real = chunks.budget
+
+    def pin(b: int, fallback: int = chunks.WHOLE) -> None:
+        def pinned(key, runner, candidates=(), whole=True):
+            if key.op == "selector-kernel":
+                return real(key, runner, candidates, whole)
+            return chunks.Budget(b, "set", fallback)
+
+        monkeypatch.setattr(chunks, "budget", pinned)
+
+    return pin
+
+
+@pytest.fixture
 def same_selector_step():
     """``check(a, b)``: two selector state dicts (one training step in one process, and the
     same step split over two) hold the same tensors to float rounding, conv2's bias aside:

@@ -8,8 +8,7 @@ import torch
 
 from tosa_bench.build import build_model
 from tosa_bench.measure.block_time import block_time_shares
-from tosa_bench.models import chunks
-from tosa_bench.models.chunks import FUSED, WHOLE, Budget
+from tosa_bench.models.chunks import FUSED, WHOLE
 
 
 class Ticks:
@@ -22,14 +21,14 @@ class Ticks:
 
 
 @pytest.mark.parametrize("budget", [WHOLE, FUSED])
-def test_selector_time_is_counted_whichever_path_runs(monkeypatch, budget):
+def test_selector_time_is_counted_whichever_path_runs(pin_budget, budget):
     """The fused kernel never calls the selector module: its time must still be counted,
     once, in the selector's block and in the ``selectors`` share."""
     from tosa_bench.methods import selector_kernel
 
     if budget == FUSED and selector_kernel.kernel() is None:
         pytest.skip(f"{selector_kernel.unavailable_reason()} (no C++ compiler or ninja here)")
-    monkeypatch.setattr(chunks, "budget", lambda key, runner, candidates=(): Budget(budget, "set"))
+    pin_budget(budget)
     m = build_model("test_deep", "tosa", keep=0.5, placement=[2, 5]).eval()
     clock = Ticks()
     shares = block_time_shares(m, torch.randn(2, 3, 32, 32), passes=2, clock=clock)

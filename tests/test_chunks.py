@@ -162,7 +162,7 @@ def test_a_parents_budgets_come_first(monkeypatch):
 
 
 def test_no_budget_off_the_cpu_or_while_tracing(monkeypatch):
-    monkeypatch.setattr(chunks, "budget", lambda key, runner, candidates=(): pytest.fail("asked for a budget"))
+    monkeypatch.setattr(chunks, "budget", lambda *a, **k: pytest.fail("asked for a budget"))
     key = lambda: ChunkKey("a", "b", "float32")  # noqa: E731
     assert chunks.cpu_budget(torch.device("meta"), key, _runner([])) is None
     seen = []
@@ -180,7 +180,7 @@ def test_counting_macs_calibrates_nothing(monkeypatch):
     counted), and the one-piece path it takes counts what the chunked path computes."""
     from tosa_bench.measure.flops import count_macs
 
-    monkeypatch.setattr(chunks, "budget", lambda key, runner, candidates=(): pytest.fail("asked for a budget while tracing"))
+    monkeypatch.setattr(chunks, "budget", lambda *a, **k: pytest.fail("asked for a budget while tracing"))
     m = build_model("test_deep", "tosa", keep=0.5, placement=[2, 3, 5]).eval()
     assert count_macs(m, torch.randn(1, 3, 32, 32)).total > 0
 
@@ -197,8 +197,10 @@ def test_a_model_calibrates_its_real_ops_and_names_them(monkeypatch):
     timed = []
     real = chunks.calibrate
 
-    def spy(run, candidates=(), **kw):
+    def spy(run, candidates=(), whole=True, **kw):
         timed.append(run)
+        if not whole:  # the selector kernel's vector width: its candidates are widths, not budgets
+            return real(run, candidates=candidates, rounds=1, whole=False)
         return real(run, candidates=(2**16,) + tuple(c for c in candidates if c == FUSED), rounds=1)
 
     monkeypatch.setattr(chunks, "calibrate", spy)
@@ -206,8 +208,10 @@ def test_a_model_calibrates_its_real_ops_and_names_them(monkeypatch):
     with torch.inference_mode():
         m(torch.randn(2, 3, 32, 32))
     used = chunks.used_by(m)
-    assert len(timed) == 2 and sorted(k.split(" ")[0] for k in used) == ["attention", "selector"]
     from tosa_bench.methods import selector_kernel
+
+    ops = ["attention", "selector"] + (["selector-kernel"] if selector_kernel.kernel() is not None else [])
+    assert len(timed) == len(ops) and sorted(k.split(" ")[0] for k in used) == ops
 
     tag = selector_kernel.build_tag() or "pytorch ops only"
     # test_deep: 2 heads of 16 dims, 65 tokens; selector hidden 2 x heads, kernel 3
@@ -218,7 +222,7 @@ def test_a_model_calibrates_its_real_ops_and_names_them(monkeypatch):
     m2 = build_model("test_deep", "tosa", keep=0.5, placement=[2, 3, 5]).eval()
     with torch.inference_mode():
         m2(torch.randn(2, 3, 32, 32))
-    assert {v["source"] for v in chunks.used_by(m2).values()} == {"cache"} and len(timed) == 2
+    assert {v["source"] for v in chunks.used_by(m2).values()} == {"cache"} and len(timed) == len(ops)
 
 
 def test_drop_machine_forgets_this_machines_calibrations_only(monkeypatch):
@@ -239,8 +243,13 @@ def test_calibrate_command_shows_the_plan_of_both_ops():
     result = CliRunner().invoke(app, ["calibrate", "--model", "test_deep"])
     assert result.exit_code == 0, result.output
     assert "attention" in result.output and "selector" in result.output and "calibrated" in result.output
-    again = CliRunner().invoke(app, ["calibrate", "--model", "test_deep", "--refresh"])
-    assert again.exit_code == 0 and "forgot 2 calibration(s)" in again.output and "calibrated" in again.output
+    again = CliRunner().invoke(app, ["calibrate", "--model", "test_deep", "--refresh"], env={"COLUMNS": "200"})
+    from tosa_bench.methods import selector_kernel
+
+    ops = 3 if selector_kernel.kernel() is not None else 2  # attention, selector (and the kernel's vector width)
+    assert again.exit_code == 0 and f"forgot {ops} calibration(s)" in again.output and "calibrated" in again.output
+    if ops == 3:
+        assert "selector-kernel" in again.output and "-byte vectors" in again.output
 
 
 def test_a_kernel_that_is_off_says_why_and_leaves_the_pytorch_path(monkeypatch):
@@ -259,10 +268,10 @@ def test_a_kernel_that_is_off_says_why_and_leaves_the_pytorch_path(monkeypatch):
     assert selector_kernel.kernel() is None and selector_kernel.build_tag() is None
     assert selector_kernel.unavailable_reason() == "turned off by TOSA_BENCH_NO_SELECTOR_KERNEL"
     with pytest.raises(RuntimeError, match="^turned off by TOSA_BENCH_NO_SELECTOR_KERNEL$"):
-        selector_kernel.received(logits, sel.conv1, sel.conv2, False)
+        selector_kernel.received(logits, sel.conv1, sel.conv2, False, 32)
     monkeypatch.setattr(selector_kernel, "_reason", None)  # tried, no module, no reason recorded
     with pytest.raises(RuntimeError, match="^the selector kernel is not available$"):
-        selector_kernel.received(logits, sel.conv1, sel.conv2, False)
+        selector_kernel.received(logits, sel.conv1, sel.conv2, False, 32)
     with torch.no_grad():
         assert sel.cpu_budget(logits) != FUSED
 
@@ -303,8 +312,11 @@ def _calibrating_spy(monkeypatch, best):
     offered (and one piece), remembers the offer, and reports ``best`` as the fastest;
     what each run gets is in ``runs`` (:func:`_spy_timed_runs`)."""
     seen = {"offered": [], "runs": _spy_timed_runs(monkeypatch)}
+    real = chunks.calibrate
 
-    def calibrate(run, candidates=(), **kw):
+    def calibrate(run, candidates=(), whole=True, **kw):
+        if not whole:  # the selector kernel's vector width (not a budget): timed for real
+            return real(run, candidates=candidates, whole=False, **kw)
         seen["offered"].append(tuple(candidates))
         options = list(candidates) + [WHOLE]
         for b in options:
@@ -340,7 +352,7 @@ def test_a_selector_times_every_budget_on_seeded_maps_of_its_shape_and_keys_it(m
     assert [b for b, _ in seen["runs"]] == list(offered) + [WHOLE]
     maps = torch.randn(chunks.CALIBRATION_IMAGES, 2, rows, 7, generator=torch.Generator().manual_seed(0))
     assert all(torch.equal(m, maps) for _, m in seen["runs"])
-    keys = list(sel.chunk_budgets)
+    keys = [k for k in sel.chunk_budgets if not k.startswith("selector-kernel ")]
     assert len(keys) == 1 and keys[0].startswith(f"selector heads 2 hidden 4 kernel 3 rows {rows} keys 7 | {tag if kernel_built else 'pytorch ops only'} float32 | ")
 
 
@@ -369,7 +381,7 @@ def test_maps_the_kernel_cannot_take_are_timed_without_it(monkeypatch):
 def test_the_budget_a_selector_uses_under_and_without_autograd(monkeypatch, found, grad, expected):
     from tosa_bench.methods.tosa import TokenSelector
 
-    monkeypatch.setattr(chunks, "budget", lambda key, runner, candidates=(): found)
+    monkeypatch.setattr(chunks, "budget", lambda key, runner, candidates=(), whole=True: found)
     sel = TokenSelector(2, 4, 3)
     with torch.set_grad_enabled(grad):
         assert sel.cpu_budget(torch.randn(1, 2, 5, 5)) == expected

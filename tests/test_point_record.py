@@ -18,6 +18,7 @@ import tosa_bench.measure.memory as memory
 import tosa_bench.measure.point as point_mod
 import tosa_bench.measure.timing as timing
 from tosa_bench.build import build_model
+from tosa_bench.methods import selector_kernel
 from tosa_bench.measure.memory import MemoryReading
 from tosa_bench.measure.point import measure_point
 from tosa_bench.measure.spec import MAC_CONVENTION, NonFiniteOutput, Point, Settings
@@ -82,13 +83,16 @@ def test_the_record_of_a_tosa_point_written_out(fakes) -> None:
     assert rec["threads"] == torch.get_num_threads()
     # the check's forward settled two chunk budgets, each named by its shape: the map
     # block's attention and the two selectors' (one shape)
+    # (and, where the kernel is built, its vector width: timed as one of the selector's candidates)
     chunks = rec["cpu_chunks"]
-    assert len(chunks) == 2
+    widths = [k for k in chunks if k.startswith("selector-kernel heads 3 hidden 6 kernel 3 rows 17 keys 17 | ")]
+    assert len(widths) == (selector_kernel.kernel() is not None) and len(chunks) == 2 + len(widths)
     assert sum("attention heads 3 tokens 17" in k for k in chunks) == 1
     assert sum("selector heads 3 hidden 6 kernel 3 rows 17 keys 17" in k for k in chunks) == 1
     assert all(set(v) == {"bytes", "source", "fallback"} for v in chunks.values())
     # and the selectors ran one CPU way, named (the kernel where it is built, else PyTorch ops)
-    assert len(rec["kernel_paths"]) == 1 and rec["kernel_paths"][0] in {"fused CPU kernel", "PyTorch ops in one piece", "PyTorch ops in chunks"}
+    assert len(rec["kernel_paths"]) == 1 and rec["kernel_paths"][0] in {"fused CPU kernel (32-byte vectors)", "fused CPU kernel (64-byte vectors)",
+                                                                         "PyTorch ops in one piece", "PyTorch ops in chunks"}
     assert rec["speedup_paired"] == 2.0 and rec["speedup_efficiency"] == pytest.approx(2.0 / rec["speedup_ideal"], rel=1e-12)
     # latency: batch 1 at the point's size, dtype and device, the settings' steps, half the budget
     assert fakes.latency == [("VisionTransformer", TINY_SIZE, "cpu", "fp32", 2, 5, 4.0, False)]

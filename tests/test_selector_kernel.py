@@ -13,7 +13,7 @@ from tosa_bench.build import build_model
 from tosa_bench.methods import selector_kernel
 from tosa_bench.methods.tosa import TokenSelector
 from tosa_bench.models import chunks
-from tosa_bench.models.chunks import FUSED, WHOLE, Budget
+from tosa_bench.models.chunks import FUSED, WHOLE
 
 pytestmark = pytest.mark.skipif(selector_kernel.kernel() is None, reason=f"{selector_kernel.unavailable_reason()} (no C++ compiler or ninja here)")
 
@@ -30,6 +30,14 @@ def reference(logits, sel):
     return z.softmax(-1).sum(dim=(1, 2)), z
 
 
+@pytest.fixture(params=selector_kernel.vector_widths() or (32,), ids=lambda w: f"{w}-byte vectors")
+def width(request, monkeypatch):
+    """Each vector width the kernel is built for, pinned (the model-level tests below run
+    whichever width is calibrated on this machine)."""
+    monkeypatch.setattr(TokenSelector, "kernel_vector_bytes", lambda self, logits: request.param)
+    return request.param
+
+
 def trained_like(heads, hidden, kernel, seed):
     torch.manual_seed(seed)
     sel = TokenSelector(heads, hidden, kernel)
@@ -44,11 +52,12 @@ def trained_like(heads, hidden, kernel, seed):
     (6, 12, 3, 3, 197, 197),  # DeiT-S, N not a multiple of the vector width
     (3, 6, 3, 2, 65, 65),  # DeiT-Ti's heads: fewer outputs than a register block
     (2, 7, 5, 2, 17, 17),  # hidden not a multiple of the block, wider kernel
-    (4, 8, 1, 1, 16, 16),  # kernel 1, N exactly two vectors
+    (4, 8, 1, 1, 16, 16),  # kernel 1, N exactly two 32-byte vectors
+    (2, 4, 3, 2, 32, 32),  # N exactly two 64-byte vectors
     (6, 12, 3, 4, 1, 197),  # the "cls" rule: one query row per image
     (12, 24, 3, 1, 33, 33),  # DeiT-B's heads: several register blocks
 ])
-def test_kernel_equals_reference(heads, hidden, kernel, batch, rows, keys):
+def test_kernel_equals_reference(width, heads, hidden, kernel, batch, rows, keys):
     sel = trained_like(heads, hidden, kernel, seed=batch + keys)
     logits = torch.randn(batch, heads, rows, keys, generator=torch.Generator().manual_seed(1)) * 4
     expect, z_expect = reference(logits, sel)
@@ -64,7 +73,7 @@ def test_kernel_equals_reference(heads, hidden, kernel, batch, rows, keys):
     assert torch.allclose(got, eager, rtol=1e-5, atol=tol) and torch.allclose(z, z_eager, rtol=1e-5, atol=1e-5)
 
 
-def test_kernel_softmax_is_exact_to_float_rounding_over_a_wide_range():
+def test_kernel_softmax_is_exact_to_float_rounding_over_a_wide_range(width):
     """The kernel's own exp (a polynomial and the exponent bits, selector_kernel.cpp) entry
     by entry: one head, one row, a selector that passes its input through (kernel 1,
     identity start), so every received value is one softmax probability. Logits spread over
@@ -87,7 +96,7 @@ def test_kernel_softmax_is_exact_to_float_rounding_over_a_wide_range():
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_kernel_is_the_same_with_any_thread_count(threads):
+def test_kernel_is_the_same_with_any_thread_count(width, threads):
     """Rows are split between threads, each with its own partial sums: the result may not
     depend on how many there are (3 threads on a 2-core CPU: uneven splits)."""
     sel = trained_like(6, 12, 3, seed=0)
@@ -104,7 +113,7 @@ def test_kernel_is_the_same_with_any_thread_count(threads):
     assert torch.allclose(many, one, rtol=1e-6, atol=1e-5)
 
 
-def test_bfloat16_maps_are_read_into_float32():
+def test_bfloat16_maps_are_read_into_float32(width):
     """Under bf16 autocast the maps arrive in bfloat16: the kernel computes in float32 from
     them, so it matches float32 PyTorch ops on the same (rounded) maps."""
     sel = trained_like(6, 12, 3, seed=5)
@@ -131,11 +140,41 @@ def test_kernel_refuses_what_it_cannot_take():
     with torch.no_grad():
         assert selector_kernel.usable(torch.zeros(1, 2, 3, 3))
     with pytest.raises(RuntimeError, match="float32"):
-        selector_kernel.kernel().selector_received(torch.zeros(1, 2, 3, 3, dtype=torch.float64), *[torch.zeros(4, 2, 3), torch.zeros(4), torch.zeros(2, 4, 3), torch.zeros(2)], False)
+        selector_kernel.kernel().selector_received(torch.zeros(1, 2, 3, 3, dtype=torch.float64), *[torch.zeros(4, 2, 3), torch.zeros(4), torch.zeros(2, 4, 3), torch.zeros(2)], False, 32)
+    sel = TokenSelector(2, 4, 3)
+    with torch.no_grad(), pytest.raises(RuntimeError, match="vector_bytes must be 32 or 64, got 16"):
+        selector_kernel.received(torch.zeros(1, 2, 3, 3), sel.conv1, sel.conv2, False, 16)
+
+
+def test_the_vector_width_is_timed_on_this_machine(monkeypatch):
+    """Which width runs is calibrated per machine and shape among the widths the build
+    offers (no one-piece option: that is not a width), kept in the cache with its timings,
+    listed in the selector's budgets (a record's cpu_chunks) and named in its path."""
+    calls, real = [], chunks.budget
+
+    def spy(key, runner, candidates=(), whole=True):
+        calls.append((key, candidates, whole))
+        return real(key, runner, candidates, whole)
+
+    monkeypatch.setattr(chunks, "budget", spy)
+    sel = trained_like(3, 6, 3, seed=7)
+    logits = torch.randn(2, 3, 5, 23)  # a shape no other test calibrates
+    with torch.inference_mode():
+        width = sel.kernel_vector_bytes(logits)
+        sel.received(logits, budget_bytes=FUSED)
+    asked = [c for c in calls if c[0].op == "selector-kernel"]
+    key, candidates, whole = asked[0]
+    assert len(asked) == 2 and asked[1] == asked[0]  # asked at each call, one key
+    assert candidates == selector_kernel.vector_widths() == (32, 64) and whole is False and width in candidates
+    assert key.shape == f"heads 3 hidden 6 kernel 3 rows 5 keys 23 | {selector_kernel.build_tag()}" and key.dtype == "float32"
+    assert set(chunks.read_cache()[key.text()]["median_ms"]) == {"32", "64"}
+    assert chunks.used_by(sel)[key.text()]["bytes"] == width
+    assert sel.last_path == f"fused CPU kernel ({width}-byte vectors)"
+    assert chunks.describe_budget(width, "selector-kernel") == f"{width}-byte vectors"
 
 
 @pytest.mark.parametrize("importance", ["mean", "cls"])
-def test_a_model_with_the_kernel_selects_what_pytorch_selects(monkeypatch, importance):
+def test_a_model_with_the_kernel_selects_what_pytorch_selects(pin_budget, importance):
     """A whole ToSA forward with the kernel (consecutive ToSA blocks, so predicted logits
     are kept and fed on) against one-piece PyTorch: same tokens, same outputs."""
     torch.manual_seed(0)
@@ -146,7 +185,7 @@ def test_a_model_with_the_kernel_selects_what_pytorch_selects(monkeypatch, impor
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     runs = []
     for b in (WHOLE, FUSED):
-        monkeypatch.setattr(chunks, "budget", lambda key, runner, candidates=(), b=b: Budget(b, "set"))
+        pin_budget(b)
         with torch.inference_mode():
             out = m(x)
         runs.append((out, {i: s.index.clone() for i, s in m.reducer.last_selection.items()}))
@@ -155,10 +194,10 @@ def test_a_model_with_the_kernel_selects_what_pytorch_selects(monkeypatch, impor
     assert torch.allclose(got, ref, atol=1e-5)
 
 
-def test_training_falls_back_to_pytorch(monkeypatch):
+def test_training_falls_back_to_pytorch(pin_budget):
     """Autograd needs the PyTorch path: with gradients on, a kernel budget gives way to its
     fallback and gradients reach the selector."""
-    monkeypatch.setattr(chunks, "budget", lambda key, runner, candidates=(): Budget(FUSED, "set", WHOLE))
+    pin_budget(FUSED, WHOLE)
     sel = trained_like(3, 6, 3, seed=4)
     logits = torch.randn(2, 3, 9, 9)
     assert sel.cpu_budget(logits) == WHOLE

@@ -106,4 +106,4 @@ def test_a_failed_build_keeps_the_pytorch_path_and_says_why(fresh, error, reason
     assert selector_kernel.unavailable_reason() == reason and selector_kernel.build_tag() is None
     assert logging.getLogger("torch.utils.cpp_extension").level == logging.INFO
     with pytest.raises(RuntimeError, match=f"^{reason}$"):
-        selector_kernel.received(None, None, None, False)
+        selector_kernel.received(None, None, None, False, 32)

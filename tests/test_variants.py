@@ -566,11 +566,9 @@ def test_explicit_attention_in_chunks_equals_one_piece(bias_batch, budget):
 
 @pytest.mark.parametrize("importance", ["mean", "cls"])
 @pytest.mark.parametrize("batch", [1, 3, 5])
-def test_tosa_model_in_chunks_equals_one_piece(monkeypatch, dense, importance, batch):
+def test_tosa_model_in_chunks_equals_one_piece(pin_budget, dense, importance, batch):
     """The whole ToSA forward at budgets that split images and rows selects the same
     tokens and gives the same outputs as one piece (the budget only moves work)."""
-    from tosa_bench.models.chunks import Budget
-
     m = same_weights("tosa", dense, keep=0.5, placement=[2, 3, 5], importance=importance)
     torch.manual_seed(batch)
     with torch.no_grad():
@@ -582,7 +580,7 @@ def test_tosa_model_in_chunks_equals_one_piece(monkeypatch, dense, importance, b
     for budget in (0, 1, 7 * row, 2 * N * row, chunks.FUSED):  # one piece; one row; 7 rows; 2 images; fused
         if budget == chunks.FUSED and selector_kernel.kernel() is None:
             continue  # no compiler here: tests/test_selector_kernel.py says so
-        monkeypatch.setattr(chunks, "budget", lambda key, runner, candidates=(), b=budget: Budget(b, "set"))
+        pin_budget(budget)
         with torch.no_grad():
             out = m(x)
         runs[budget] = (out, {i: s.index.clone() for i, s in m.reducer.last_selection.items()})

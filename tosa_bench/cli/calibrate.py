@@ -44,7 +44,8 @@ def calibrate_command(
         net(torch.randn(2, 3, size, size))
     cache = chunks.read_cache()
     t = Table(title=f"{model}, {dtype.value}: chunked CPU ops on this machine", caption=f"machine: {chunks.machine_signature()}; kept in {chunks.cache_path()}")
-    for col in ("op", "shape", "kept", "source", f"median ms per call ({chunks.CALIBRATION_IMAGES} images), fastest first"):
+    t.add_column("op", overflow="fold")  # "selector-kernel" whole, on a narrow terminal too
+    for col in ("shape", "kept", "source", f"median ms per call ({chunks.CALIBRATION_IMAGES} images), fastest first"):
         t.add_column(col)
     for text, b in chunks.used_by(net).items():
         op, shape = text.split(" | ")[0].split(" ", 1)

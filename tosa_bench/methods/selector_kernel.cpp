@@ -21,21 +21,31 @@
 
 namespace {
 
-constexpr int64_t L = 8;   // floats per vector (one AVX2 register; two SSE/NEON registers)
+// The kernel is compiled for two vector widths, 32 and 64 bytes (8 or 16 floats: one AVX2
+// or one AVX-512 register; on narrower hardware the compiler splits them), and the faster
+// one on the machine is chosen by timing (selector_kernel.py), not assumed: on an AVX-512
+// CPU the 64-byte form ran 1.5x faster, on an AVX2-only one it would spill its sums.
 constexpr int64_t CB = 6;  // output channels whose sums stay in registers together
 constexpr int64_t TJ = 2;  // vectors of keys computed together
-typedef float vec __attribute__((vector_size(L * sizeof(float))));
-typedef int32_t ivec __attribute__((vector_size(L * sizeof(int32_t))));
 
-inline vec load(const float* p) {
-  vec v;
-  __builtin_memcpy(&v, p, sizeof(vec));
+template <int64_t L>
+struct Lanes {
+  typedef float vec __attribute__((vector_size(L * sizeof(float))));
+  typedef int32_t ivec __attribute__((vector_size(L * sizeof(int32_t))));
+};
+
+template <typename V>
+inline V load(const float* p) {
+  V v;
+  __builtin_memcpy(&v, p, sizeof(V));
   return v;
 }
 
-inline void store(float* p, vec v) { __builtin_memcpy(p, &v, sizeof(vec)); }
+template <typename V>
+inline void store(float* p, V v) { __builtin_memcpy(p, &v, sizeof(V)); }
 
-inline vec relu(vec v) { return v > 0.f ? v : vec{}; }
+template <typename V>
+inline V relu(V v) { return v > 0.f ? v : V{}; }
 
 int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
@@ -44,7 +54,10 @@ int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 // to degree 6 (relative error below 1.2e-7), 2^n written into the exponent bits. Below -87
 // (where exp is under 2^-125) it gives 0. Inline, this made the whole kernel 25-40% faster
 // than calls to libmvec's vector expf did on the 2-core AMD EPYC (fp32, DeiT-S maps).
-inline vec exp_nonpositive(vec x) {
+template <int64_t L>
+inline typename Lanes<L>::vec exp_nonpositive(typename Lanes<L>::vec x) {
+  typedef typename Lanes<L>::vec vec;
+  typedef typename Lanes<L>::ivec ivec;
   const vec t = (x > -87.f ? x : vec{} - 87.f) * 1.4426950408889634f;
   const ivec n = __builtin_convertvector(t - 0.5f, ivec);  // truncates toward zero: round(t), t <= 0
   const vec f = (t - __builtin_convertvector(n, vec)) * 0.6931471805599453f;
@@ -62,10 +75,12 @@ inline vec exp_nonpositive(vec x) {
 }
 
 // Largest of len floats (len a multiple of L).
+template <int64_t L>
 inline float max_of(const float* p, int64_t len) {
-  vec mv = load(p);
+  typedef typename Lanes<L>::vec vec;
+  vec mv = load<vec>(p);
   for (int64_t j = L; j < len; j += L) {
-    const vec v = load(p + j);
+    const vec v = load<vec>(p + j);
     mv = v > mv ? v : mv;
   }
   float m = mv[0];
@@ -74,10 +89,12 @@ inline float max_of(const float* p, int64_t len) {
 }
 
 // p[j] = exp(p[j] - m) in place; returns their sum (len a multiple of L).
+template <int64_t L>
 inline float exp_sum(float* p, int64_t len, float m) {
+  typedef typename Lanes<L>::vec vec;
   vec sv{};
   for (int64_t j = 0; j < len; j += L) {
-    const vec e = exp_nonpositive(load(p + j) - m);
+    const vec e = exp_nonpositive<L>(load<vec>(p + j) - m);
     store(p + j, e);
     sv += e;
   }
@@ -107,12 +124,15 @@ std::vector<float> regroup(const at::Tensor& w, int64_t out_pad) {
 // in_ch rows of in_width floats, each with its zero padding in place (see the caller), and
 // out rows are out_stride apart. The sums of CB outputs x TJ vectors of keys stay in
 // registers across all in_ch x K taps: per tap, TJ loads of keys and CB weights give
-// CB x TJ multiply-adds (12 sums + 2 inputs + 1 weight = 15 of 16 AVX2 registers).
+// CB x TJ multiply-adds (12 sums + 2 inputs + 1 weight = 15 registers: of AVX2's 16, or of
+// AVX-512's 32 with 64-byte vectors).
+template <int64_t L>
 void conv_rows(const float* in, int64_t in_ch, int64_t in_width, const float* w, const float* bias, int64_t out_ch,
                int64_t out_pad, int64_t K, int64_t n_pad, float* out, int64_t out_stride, bool with_relu) {
   for (int64_t o0 = 0; o0 < out_ch; o0 += CB) {
     const int64_t on = std::min(CB, out_ch - o0);
     for (int64_t j = 0; j < n_pad; j += TJ * L) {
+      typedef typename Lanes<L>::vec vec;
       vec acc[TJ][CB];
       for (int64_t k = 0; k < CB; ++k) {
         const float b = k < on ? bias[o0 + k] : 0.f;
@@ -121,7 +141,7 @@ void conv_rows(const float* in, int64_t in_ch, int64_t in_width, const float* w,
       for (int64_t i = 0; i < in_ch; ++i) {
         for (int64_t t = 0; t < K; ++t) {
           vec x[TJ];
-          for (int64_t q = 0; q < TJ; ++q) x[q] = load(in + i * in_width + j + t + q * L);
+          for (int64_t q = 0; q < TJ; ++q) x[q] = load<vec>(in + i * in_width + j + t + q * L);
           const float* wt = w + (i * K + t) * out_pad + o0;
           for (int64_t k = 0; k < CB; ++k) {
             const float wk = wt[k];
@@ -135,10 +155,10 @@ void conv_rows(const float* in, int64_t in_ch, int64_t in_width, const float* w,
   }
 }
 
-}  // namespace
-
-std::vector<at::Tensor> selector_received(const at::Tensor& logits, const at::Tensor& w1, const at::Tensor& b1,
-                                          const at::Tensor& w2, const at::Tensor& b2, bool keep_logits) {
+template <int64_t L>
+std::vector<at::Tensor> received_with(const at::Tensor& logits, const at::Tensor& w1, const at::Tensor& b1,
+                                      const at::Tensor& w2, const at::Tensor& b2, bool keep_logits) {
+  typedef typename Lanes<L>::vec vec;
   check(logits, 4, "logits");
   check(w1, 3, "w1");
   check(b1, 1, "b1");
@@ -175,25 +195,25 @@ std::vector<at::Tensor> selector_received(const at::Tensor& logits, const at::Te
       }
       // hidden = relu(conv1(x)), written after P zeros; keys N..n_pad-1 are not keys: zero
       // them, they are the next convolution's padding
-      conv_rows(xp.data(), H, width, g1.data(), B1, C, round_up(C, CB), K, n_pad, hp.data() + P, width, true);
+      conv_rows<L>(xp.data(), H, width, g1.data(), B1, C, round_up(C, CB), K, n_pad, hp.data() + P, width, true);
       for (int64_t c = 0; c < C; ++c) std::fill(hp.data() + c * width + P + N, hp.data() + c * width + P + n_pad, 0.f);
-      conv_rows(hp.data(), C, width, g2.data(), B2, H, round_up(H, CB), K, n_pad, z.data(), n_pad, false);
+      conv_rows<L>(hp.data(), C, width, g2.data(), B2, H, round_up(H, CB), K, n_pad, z.data(), n_pad, false);
       for (int64_t h = 0; h < H; ++h) {
         float* zz = z.data() + h * n_pad;
         if (Z != nullptr) std::copy(zz, zz + N, Z + ((b * H + h) * R + r) * N);
         // keys N..n_pad-1 are not keys: first copies of key 0 (they cannot change the max),
         // then far below the max (their exp is 0), so every loop runs over whole vectors
         std::fill(zz + N, zz + n_pad, zz[0]);
-        const float m = max_of(zz, n_pad);
+        const float m = max_of<L>(zz, n_pad);
         std::fill(zz + N, zz + n_pad, m - 1000.f);
-        inv[h] = 1.f / exp_sum(zz, n_pad, m);
+        inv[h] = 1.f / exp_sum<L>(zz, n_pad, m);
       }
       // received[j] += sum_h e_h[j] / s_h, one pass over the image's keys for all heads
       // (its row of partial sums is n_pad long; keys N..n_pad-1 add 0)
       float* acc = acc_all + b * n_pad;
       for (int64_t j = 0; j < n_pad; j += L) {
-        vec a = load(acc + j);
-        for (int64_t h = 0; h < H; ++h) a += inv[h] * load(z.data() + h * n_pad + j);
+        vec a = load<vec>(acc + j);
+        for (int64_t h = 0; h < H; ++h) a += inv[h] * load<vec>(z.data() + h * n_pad + j);
         store(acc + j, a);
       }
     }
@@ -202,6 +222,19 @@ std::vector<at::Tensor> selector_received(const at::Tensor& logits, const at::Te
   return {received, keep_logits ? z_out : at::empty({0}, logits.options())};
 }
 
+}  // namespace
+
+// The vector widths (bytes) this build offers; selector_received takes one of them.
+std::vector<int64_t> vector_bytes() { return {32, 64}; }
+
+std::vector<at::Tensor> selector_received(const at::Tensor& logits, const at::Tensor& w1, const at::Tensor& b1,
+                                          const at::Tensor& w2, const at::Tensor& b2, bool keep_logits, int64_t vector_bytes) {
+  if (vector_bytes == 32) return received_with<8>(logits, w1, b1, w2, b2, keep_logits);
+  if (vector_bytes == 64) return received_with<16>(logits, w1, b1, w2, b2, keep_logits);
+  TORCH_CHECK(false, "vector_bytes must be 32 or 64, got ", vector_bytes);
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("selector_received", &selector_received, "ToSA selector: attention received per key (CPU, float32)");
+  m.def("vector_bytes", &vector_bytes, "the vector widths (bytes) selector_received takes");
 }

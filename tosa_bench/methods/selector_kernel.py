@@ -19,6 +19,13 @@ because it is built for the CPU it runs on (``-march=native``). Where it cannot 
 selector keeps its PyTorch path, and :func:`unavailable_reason` says why. Whether the kernel
 or a chunked PyTorch path is used is decided by timing both on the machine
 (:mod:`tosa_bench.models.chunks`), never assumed.
+
+The kernel is compiled for two vector widths, 32 and 64 bytes (8 or 16 floats in a
+register: AVX2 or AVX-512 on x86; the compiler splits a vector wider than the hardware's),
+and which one runs is timed on the machine too (:meth:`TokenSelector.kernel_vector_bytes`),
+because it depends on more than the instruction set: on the 2-core AVX-512 AMD EPYC the
+64-byte form ran DeiT-S maps 1.5x faster (16 images, 2.1-2.3 ms against 3.3-3.5 ms), while on
+an AVX2-only CPU its twelve sums of 64 bytes no longer fit the registers.
 """
 
 from __future__ import annotations
@@ -102,12 +109,22 @@ def usable(logits: Tensor) -> bool:
     return logits.device.type == "cpu" and logits.dtype in (torch.float32, torch.bfloat16, torch.float16) and not torch.is_grad_enabled()
 
 
-def received(logits: Tensor, conv1: torch.nn.Conv1d, conv2: torch.nn.Conv1d, keep_logits: bool) -> tuple[Tensor, Tensor | None]:
+def vector_widths() -> tuple[int, ...]:
+    """The vector widths (bytes) the built kernel offers, narrowest first; () where it
+    cannot be built."""
+    mod = kernel()
+    return tuple(sorted(mod.vector_bytes())) if mod is not None else ()
+
+
+def received(logits: Tensor, conv1: torch.nn.Conv1d, conv2: torch.nn.Conv1d, keep_logits: bool,
+             vector_bytes: int) -> tuple[Tensor, Tensor | None]:
     """:meth:`TokenSelector.received` by the kernel: (B, N) attention received per key and
-    the predicted logits (B, H, R, N) when ``keep_logits``. Needs :func:`kernel`."""
+    the predicted logits (B, H, R, N) when ``keep_logits``, computed with vectors of
+    ``vector_bytes`` (one of :func:`vector_widths`; the same values to float rounding).
+    Needs :func:`kernel`."""
     mod = kernel()
     if mod is None:
         raise RuntimeError(unavailable_reason() or "the selector kernel is not available")
     weights = [t.detach().float().contiguous() for t in (conv1.weight, conv1.bias, conv2.weight, conv2.bias)]
-    out, z = mod.selector_received(logits.float().contiguous(), *weights, keep_logits)
+    out, z = mod.selector_received(logits.float().contiguous(), *weights, keep_logits, vector_bytes)
     return out, (z.to(logits.dtype) if keep_logits else None)

@@ -136,8 +136,8 @@ class TokenSelector(Chunked, nn.Module):
     convolutions in one piece.
     """
 
-    #: how the last :meth:`received` ran ("triton kernel", "fused CPU kernel", "PyTorch ops
-    #: ..." with the reason on CUDA); records list these (``kernel_paths``)
+    #: how the last :meth:`received` ran ("triton kernel", "fused CPU kernel (64-byte
+    #: vectors)", "PyTorch ops ..." with the reason on CUDA); records list these (``kernel_paths``)
     last_path: str | None = None
 
     def __init__(self, num_heads: int, hidden: int | None = None, kernel: int = 3) -> None:
@@ -216,6 +216,26 @@ class TokenSelector(Chunked, nn.Module):
             return found.fallback  # e.g. training: autograd needs the PyTorch path
         return found.bytes
 
+    def kernel_vector_bytes(self, logits: Tensor) -> int:
+        """The fused kernel's vector width (bytes) for maps like ``logits``: each width the
+        build offers (:func:`selector_kernel.vector_widths`) timed once per machine and shape
+        (:mod:`tosa_bench.models.chunks`, op "selector-kernel"), the fastest kept; the
+        narrowest where nothing is calibrated (a trace)."""
+        widths = selector_kernel.vector_widths()
+        H, R, N, dtype = self.num_heads, logits.shape[-2], logits.shape[-1], logits.dtype
+
+        def key() -> ChunkKey:
+            shape = f"heads {H} hidden {self.hidden} kernel {self.kernel} rows {R} keys {N} | {selector_kernel.build_tag()}"
+            return ChunkKey("selector-kernel", shape, str(dtype).removeprefix("torch."))
+
+        def runner():
+            maps = torch.randn(CALIBRATION_IMAGES, H, R, N, generator=torch.Generator().manual_seed(0)).to(dtype)
+            return lambda width: selector_kernel.received(maps, self.conv1, self.conv2, False, width)
+
+        with torch.no_grad():
+            found = self.chunk_budget(logits.device, key, runner, widths, whole=False)
+        return widths[0] if found is None else found.bytes
+
     def received(self, logits: Tensor, keep_logits: bool = False, budget_bytes: int | None = CALIBRATED) -> tuple[Tensor, Tensor | None]:
         """Predicted attention each key receives, summed over heads and the R query rows:
         (B, N). With ``keep_logits`` also the predicted logits (B, H, R, N) (what
@@ -238,8 +258,9 @@ class TokenSelector(Chunked, nn.Module):
         if budget_bytes == CALIBRATED:
             budget_bytes = self.cpu_budget(logits)
         if budget_bytes == FUSED:
-            self.last_path = "fused CPU kernel"
-            return selector_kernel.received(logits, self.conv1, self.conv2, keep_logits)
+            width = self.kernel_vector_bytes(logits)
+            self.last_path = f"fused CPU kernel ({width}-byte vectors)"
+            return selector_kernel.received(logits, self.conv1, self.conv2, keep_logits, width)
         if logits.device.type == "cpu":
             self.last_path = "PyTorch ops in one piece" if not budget_bytes else "PyTorch ops in chunks"
         imgs, rows = self.chunking(B, R, N, budget_bytes, logits.element_size())

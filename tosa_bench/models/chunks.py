@@ -15,7 +15,10 @@ once per machine at a few working-set budgets and the fastest is kept.
   bytes of the op's largest intermediate per chunk; 0 (:data:`WHOLE`) means one piece,
   and -1 (:data:`FUSED`) the op's fused path (ToSA's selector: its C++ kernel; the
   explicit attention: PyTorch's fused attention for the output, the logits by a separate
-  q k^T), timed against the chunked path like any other candidate.
+  q k^T), timed against the chunked path like any other candidate. The selector's kernel
+  is itself built for two vector widths, and which one runs is a calibration of its own
+  (op "selector-kernel"; its values are the vector's bytes, 32 or 64, with no one-piece
+  option: ``whole=False``).
 * **How:** :func:`calibrate` runs the op on :data:`CALIBRATION_IMAGES` random images at
   each budget of :data:`CANDIDATE_BYTES` and in one piece, in rotated order for
   :data:`CALIBRATION_ROUNDS` rounds, and keeps the budget with the lowest median time
@@ -198,7 +201,9 @@ def _replace_file(path: Path, data: dict) -> None:
 
 def describe_budget(nbytes: int, op: str = "selector") -> str:
     """'fused kernel' (selector) or 'fused attention + logits' (attention), 'one piece' or
-    '2048 KiB chunks'."""
+    '2048 KiB chunks'; for the selector kernel's own choice, '64-byte vectors'."""
+    if op == "selector-kernel":
+        return f"{nbytes}-byte vectors"
     if nbytes == FUSED:
         return "fused kernel" if op == "selector" else "fused attention + logits"
     return "one piece" if nbytes == WHOLE else f"{nbytes // 1024} KiB chunks"
@@ -210,10 +215,11 @@ def known_budgets() -> dict[str, list[int]]:
     return {k: [b.bytes, b.fallback] for k, b in _memo.items()}
 
 
-def budget(key: ChunkKey, runner: Callable[[], Callable[[int], None]], candidates: tuple[int, ...] = CANDIDATE_BYTES) -> Budget:
+def budget(key: ChunkKey, runner: Callable[[], Callable[[int], None]], candidates: tuple[int, ...] = CANDIDATE_BYTES,
+           whole: bool = True) -> Budget:
     """The budget for ``key``: this process's, a parent's, the cache's, or a new
-    calibration over ``candidates`` (and one piece) with ``runner()`` (a function that runs
-    the op once at a given budget), stored in the cache."""
+    calibration over ``candidates`` (and one piece unless ``whole`` is False) with
+    ``runner()`` (a function that runs the op once at a given budget), stored in the cache."""
     text = key.text()
     found = _memo.get(text)
     if found is not None:
@@ -226,7 +232,7 @@ def budget(key: ChunkKey, runner: Callable[[], Callable[[int], None]], candidate
         if entry is not None:
             found = Budget(entry["bytes"], "cache", entry.get("fallback", WHOLE))
         else:
-            best, medians = calibrate(runner(), candidates=candidates)
+            best, medians = calibrate(runner(), candidates=candidates, whole=whole)
             fallback = min((b for b in medians if b != FUSED), key=lambda b: (medians[b], b == WHOLE, b))
             entry = {"bytes": best, "fallback": fallback, "median_ms": {str(b): round(t * 1e3, 4) for b, t in medians.items()},
                      "images": CALIBRATION_IMAGES, "rounds": CALIBRATION_ROUNDS,
@@ -238,12 +244,12 @@ def budget(key: ChunkKey, runner: Callable[[], Callable[[int], None]], candidate
 
 
 def calibrate(run: Callable[[int], None], candidates: tuple[int, ...] = CANDIDATE_BYTES, rounds: int = CALIBRATION_ROUNDS,
-              clock: Callable[[], float] = time.perf_counter) -> tuple[int, dict[int, float]]:
-    """Time ``run(budget)`` for each candidate and for one piece (:data:`WHOLE`), in an
-    order rotated each round so drift hits all alike, after one untimed pass; return the
-    budget with the lowest median seconds and every median. Ties go to the smaller budget
-    (less memory)."""
-    options = sorted(set(candidates) - {WHOLE}) + [WHOLE]
+              clock: Callable[[], float] = time.perf_counter, whole: bool = True) -> tuple[int, dict[int, float]]:
+    """Time ``run(budget)`` for each candidate and, unless ``whole`` is False, for one
+    piece (:data:`WHOLE`), in an order rotated each round so drift hits all alike, after
+    one untimed pass; return the budget with the lowest median seconds and every median.
+    Ties go to the smaller budget (less memory)."""
+    options = sorted(set(candidates) - {WHOLE}) + ([WHOLE] if whole else [])
     for b in options:
         run(b)
     times: dict[int, list[float]] = {b: [] for b in options}
@@ -258,12 +264,12 @@ def calibrate(run: Callable[[int], None], candidates: tuple[int, ...] = CANDIDAT
 
 
 def cpu_budget(device: torch.device, key: Callable[[], ChunkKey], runner: Callable[[], Callable[[int], None]],
-               candidates: tuple[int, ...] = CANDIDATE_BYTES) -> Budget | None:
+               candidates: tuple[int, ...] = CANDIDATE_BYTES, whole: bool = True) -> Budget | None:
     """The budget an op on ``device`` should use now, or None for one piece: off the CPU,
     and while the model is traced or compiled (see the module docstring)."""
     if device.type != "cpu" or torch.jit.is_tracing() or torch.compiler.is_compiling():
         return None
-    return budget(key(), runner, candidates)
+    return budget(key(), runner, candidates, whole)
 
 
 def items_per_chunk(total: int, bytes_per_item: int, budget_bytes: int | None) -> int:
@@ -279,8 +285,8 @@ class Chunked:
     and remembers the ones it used, which :func:`used_by` collects for a record."""
 
     def chunk_budget(self, device: torch.device, key: Callable[[], ChunkKey], runner: Callable[[], Callable[[int], None]],
-                     candidates: tuple[int, ...] = CANDIDATE_BYTES) -> Budget | None:
-        found = cpu_budget(device, key, runner, candidates)
+                     candidates: tuple[int, ...] = CANDIDATE_BYTES, whole: bool = True) -> Budget | None:
+        found = cpu_budget(device, key, runner, candidates, whole)
         if found is not None:
             self.__dict__.setdefault("chunk_budgets", {})[key().text()] = found
         return found
