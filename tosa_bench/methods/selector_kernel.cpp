@@ -24,7 +24,8 @@ namespace {
 // The kernel is compiled for two vector widths, 32 and 64 bytes (8 or 16 floats: one AVX2
 // or one AVX-512 register; on narrower hardware the compiler splits them), and the faster
 // one on the machine is chosen by timing (selector_kernel.py), not assumed: on an AVX-512
-// CPU the 64-byte form ran 1.5x faster, on an AVX2-only one it would spill its sums.
+// CPU the 64-byte form ran 1.5x faster; on an AVX2-only one its 12 sums of 64 bytes would
+// need 24 of the 16 registers (not measured: no such CPU was at hand since this was written).
 constexpr int64_t CB = 6;  // output channels whose sums stay in registers together
 constexpr int64_t TJ = 2;  // vectors of keys computed together
 
@@ -120,38 +121,48 @@ std::vector<float> regroup(const at::Tensor& w, int64_t out_pad) {
   return g;
 }
 
-// out[o][j] = bias[o] + sum_{i, t} w[i][t][o] * in[i][j + t] for j in [0, n_pad): `in` holds
-// in_ch rows of in_width floats, each with its zero padding in place (see the caller), and
-// out rows are out_stride apart. The sums of CB outputs x TJ vectors of keys stay in
-// registers across all in_ch x K taps: per tap, TJ loads of keys and CB weights give
-// CB x TJ multiply-adds (12 sums + 2 inputs + 1 weight = 15 registers: of AVX2's 16, or of
-// AVX-512's 32 with 64-byte vectors).
+// CB outputs x J vectors of keys starting at key j: out[o][j..] = bias[o] + sum_{i, t}
+// w[i][t][o] * in[i][j + t + ..]. The CB x J sums stay in registers across all in_ch x K
+// taps: per tap, J loads of keys and CB weights give CB x J multiply-adds (with J = TJ,
+// 12 sums + 2 inputs + 1 weight = 15 registers: of AVX2's 16, or of AVX-512's 32).
+template <int64_t L, int64_t J>
+inline void conv_block(const float* in, int64_t in_ch, int64_t in_width, const float* w, const float* bias, int64_t o0,
+                       int64_t on, int64_t out_pad, int64_t K, int64_t j, float* out, int64_t out_stride, bool with_relu) {
+  typedef typename Lanes<L>::vec vec;
+  vec acc[J][CB];
+  for (int64_t k = 0; k < CB; ++k) {
+    const float b = k < on ? bias[o0 + k] : 0.f;
+    for (int64_t q = 0; q < J; ++q) acc[q][k] = vec{} + b;
+  }
+  for (int64_t i = 0; i < in_ch; ++i) {
+    for (int64_t t = 0; t < K; ++t) {
+      vec x[J];
+      for (int64_t q = 0; q < J; ++q) x[q] = load<vec>(in + i * in_width + j + t + q * L);
+      const float* wt = w + (i * K + t) * out_pad + o0;
+      for (int64_t k = 0; k < CB; ++k) {
+        const float wk = wt[k];
+        for (int64_t q = 0; q < J; ++q) acc[q][k] += wk * x[q];
+      }
+    }
+  }
+  for (int64_t k = 0; k < on; ++k)
+    for (int64_t q = 0; q < J; ++q) store(out + (o0 + k) * out_stride + j + q * L, with_relu ? relu(acc[q][k]) : acc[q][k]);
+}
+
+// out[o][j] = bias[o] + sum_{i, t} w[i][t][o] * in[i][j + t] for j in [0, n_pad) (n_pad a
+// multiple of L): `in` holds in_ch rows of in_width floats, each with its zero padding in
+// place (see the caller), and out rows are out_stride apart. Keys go TJ vectors at a time,
+// and a last single vector where n_pad is not a multiple of TJ x L, so no more than L - 1
+// padding keys are computed (DeiT's 197 keys: 208 with 16 floats a vector, not 224).
 template <int64_t L>
 void conv_rows(const float* in, int64_t in_ch, int64_t in_width, const float* w, const float* bias, int64_t out_ch,
                int64_t out_pad, int64_t K, int64_t n_pad, float* out, int64_t out_stride, bool with_relu) {
   for (int64_t o0 = 0; o0 < out_ch; o0 += CB) {
     const int64_t on = std::min(CB, out_ch - o0);
-    for (int64_t j = 0; j < n_pad; j += TJ * L) {
-      typedef typename Lanes<L>::vec vec;
-      vec acc[TJ][CB];
-      for (int64_t k = 0; k < CB; ++k) {
-        const float b = k < on ? bias[o0 + k] : 0.f;
-        for (int64_t q = 0; q < TJ; ++q) acc[q][k] = vec{} + b;
-      }
-      for (int64_t i = 0; i < in_ch; ++i) {
-        for (int64_t t = 0; t < K; ++t) {
-          vec x[TJ];
-          for (int64_t q = 0; q < TJ; ++q) x[q] = load<vec>(in + i * in_width + j + t + q * L);
-          const float* wt = w + (i * K + t) * out_pad + o0;
-          for (int64_t k = 0; k < CB; ++k) {
-            const float wk = wt[k];
-            for (int64_t q = 0; q < TJ; ++q) acc[q][k] += wk * x[q];
-          }
-        }
-      }
-      for (int64_t k = 0; k < on; ++k)
-        for (int64_t q = 0; q < TJ; ++q) store(out + (o0 + k) * out_stride + j + q * L, with_relu ? relu(acc[q][k]) : acc[q][k]);
-    }
+    int64_t j = 0;
+    for (; j + TJ * L <= n_pad; j += TJ * L)
+      conv_block<L, TJ>(in, in_ch, in_width, w, bias, o0, on, out_pad, K, j, out, out_stride, with_relu);
+    for (; j < n_pad; j += L) conv_block<L, 1>(in, in_ch, in_width, w, bias, o0, on, out_pad, K, j, out, out_stride, with_relu);
   }
 }
 
@@ -170,10 +181,10 @@ std::vector<at::Tensor> received_with(const at::Tensor& logits, const at::Tensor
               "selector weights do not fit the logits' heads");
   TORCH_CHECK(K % 2 == 1, "kernel size must be odd");
 
-  // A row of N keys is computed over n_pad = N rounded up to TJ x L; an input row is stored with
+  // A row of N keys is computed over n_pad = N rounded up to L; an input row is stored with
   // P zeros before it and zeros after it up to n_pad + K - 1 floats, so tap t of output j
   // reads position j + t (that is, key j + t - P, zero outside 0..N-1).
-  const int64_t n_pad = round_up(N, TJ * L), width = n_pad + K - 1;
+  const int64_t n_pad = round_up(N, L), width = n_pad + K - 1;
   const std::vector<float> g1 = regroup(w1, round_up(C, CB)), g2 = regroup(w2, round_up(H, CB));
   const int threads = at::get_num_threads();
   at::Tensor partial = at::zeros({threads, B, n_pad}, logits.options());

@@ -25,7 +25,8 @@ register: AVX2 or AVX-512 on x86; the compiler splits a vector wider than the ha
 and which one runs is timed on the machine too (:meth:`TokenSelector.kernel_vector_bytes`),
 because it depends on more than the instruction set: on the 2-core AVX-512 AMD EPYC the
 64-byte form ran DeiT-S maps 1.5x faster (16 images, 2.1-2.3 ms against 3.3-3.5 ms), while on
-an AVX2-only CPU its twelve sums of 64 bytes no longer fit the registers.
+an AVX2-only CPU its twelve sums of 64 bytes would need 24 of the 16 vector registers (the
+timing decides there too; no such CPU was at hand to measure it).
 """
 
 from __future__ import annotations

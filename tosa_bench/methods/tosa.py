@@ -191,6 +191,12 @@ class TokenSelector(Chunked, nn.Module):
             return per_chunk // rows, rows
         return 1, per_chunk
 
+    def _calibration_key(self, op: str, rows: int, keys: int, dtype: torch.dtype, build: str | None) -> ChunkKey:
+        """The calibration cache's key for ``op`` on maps of ``rows`` x ``keys`` per head, with
+        the kernel build (or "pytorch ops only") that the timed candidates ran on."""
+        shape = f"heads {self.num_heads} hidden {self.hidden} kernel {self.kernel} rows {rows} keys {keys} | {build}"
+        return ChunkKey(op, shape, str(dtype).removeprefix("torch."))
+
     def cpu_budget(self, logits: Tensor) -> int | None:
         """The calibrated chunk budget for maps like ``logits`` (None off the CPU; -1 for
         the fused kernel, :mod:`tosa_bench.methods.selector_kernel`, where it was timed
@@ -201,11 +207,10 @@ class TokenSelector(Chunked, nn.Module):
             fused = selector_kernel.build_tag() if selector_kernel.usable(logits.detach()) and logits.device.type == "cpu" else None
 
         def key() -> ChunkKey:
-            shape = f"heads {H} hidden {self.hidden} kernel {self.kernel} rows {R} keys {N} | {fused or 'pytorch ops only'}"
-            return ChunkKey("selector", shape, str(dtype).removeprefix("torch."))
+            return self._calibration_key("selector", R, N, dtype, fused or "pytorch ops only")
 
         def runner():
-            maps = torch.randn(CALIBRATION_IMAGES, H, R, N, generator=torch.Generator().manual_seed(0)).to(dtype)
+            maps = _calibration_maps(H, R, N, dtype)
             return lambda b: self.received(maps, budget_bytes=b)
 
         with torch.no_grad():
@@ -225,11 +230,10 @@ class TokenSelector(Chunked, nn.Module):
         H, R, N, dtype = self.num_heads, logits.shape[-2], logits.shape[-1], logits.dtype
 
         def key() -> ChunkKey:
-            shape = f"heads {H} hidden {self.hidden} kernel {self.kernel} rows {R} keys {N} | {selector_kernel.build_tag()}"
-            return ChunkKey("selector-kernel", shape, str(dtype).removeprefix("torch."))
+            return self._calibration_key("selector-kernel", R, N, dtype, selector_kernel.build_tag())
 
         def runner():
-            maps = torch.randn(CALIBRATION_IMAGES, H, R, N, generator=torch.Generator().manual_seed(0)).to(dtype)
+            maps = _calibration_maps(H, R, N, dtype)
             return lambda width: selector_kernel.received(maps, self.conv1, self.conv2, False, width)
 
         with torch.no_grad():
@@ -277,6 +281,14 @@ class TokenSelector(Chunked, nn.Module):
                 kept.append(kept_rows[0] if len(kept_rows) == 1 else torch.cat(kept_rows, dim=2))
         z = (kept[0] if len(kept) == 1 else torch.cat(kept, dim=0)) if keep_logits else None
         return torch.cat(received, dim=0), z
+
+
+def _calibration_maps(heads: int, rows: int, keys: int, dtype: torch.dtype) -> Tensor:
+    """The maps the selector's choices are timed on: CALIBRATION_IMAGES images of standard
+    normal logits (seeded, so every calibration times the same values), (images, heads,
+    rows, keys)."""
+    maps = torch.randn(CALIBRATION_IMAGES, heads, rows, keys, generator=torch.Generator().manual_seed(0))
+    return maps.to(dtype)
 
 
 def _with_cls(patch_idx: Tensor) -> Tensor:
