@@ -3,7 +3,8 @@
 Every combination is one pair of points measured exactly as ``benchmarks/tosa_speedup.py``
 measures one (``measure_pair``: ToSA against its dense twin in ABBA rounds, the sweep's own
 ``measure_point``), plus the selectors' share of a ToSA forward's time, read with hooks in
-two more forwards (``measure.block_time``), next to their share of its MACs (selector
+nine more forwards (``measure.block_time``; the median share with the distribution-free
+95% interval over those forwards), next to their share of its MACs (selector
 convolutions + softmax of the predictions, from the counter). A selector that costs no
 more than its MACs has a time share close to its MAC share.
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -37,12 +39,16 @@ from tosa_bench.measure.block_time import block_time_shares  # noqa: E402
 from tosa_bench.errors import run_script  # noqa: E402
 from tosa_bench.measure.env import environment_record  # noqa: E402
 from tosa_bench.measure.spec import Point, build_point_model, resolve_device  # noqa: E402
+from tosa_bench.measure.timing import median_interval  # noqa: E402
 from tosa_bench.models.chunks import FUSED, describe_budget  # noqa: E402
 from tosa_bench.precision import resolve_autocast  # noqa: E402
 from tosa_bench.results.store import ENV, RECORDS, RunStore, read_records  # noqa: E402
 from tosa_bench.sweep.session import check_out_dir  # noqa: E402
 
 SUMMARY, TABLE = "summary.json", "summary.md"
+#: hooked forwards per combination for the selectors' time share (9: the median's 95%
+#: interval is then the 2nd and 8th of them, coverage 96%)
+SHARE_PASSES = 9
 
 
 def _ints(text: str) -> list[int]:
@@ -53,17 +59,20 @@ def _words(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
-def selector_shares(rec: dict[str, Any], batch_size: int, device: str) -> dict[str, Any]:
-    """The selectors' share of a ToSA forward's time (hooks, 2 passes after one untimed)
+def selector_shares(rec: dict[str, Any], batch_size: int, device: str, passes: int = SHARE_PASSES) -> dict[str, Any]:
+    """The selectors' share of a ToSA forward's time (hooks; the median over ``passes``
+    forwards after one untimed, with the distribution-free 95% interval of that median)
     and of its MACs, for the point of ``rec``; the model is rebuilt with the same seed."""
     torch.manual_seed(0)
     point = Point(model=rec["model"], variant="tosa", options=rec["options"], batch_size=batch_size, dtype=rec["dtype"], device=device)
     model = build_point_model(point).to(device).eval()
     x = torch.randn(batch_size, 3, model.cfg.img_size, model.cfg.img_size, generator=torch.Generator().manual_seed(0)).to(device)
-    shares = block_time_shares(model, x, passes=2, dtype=rec["dtype"])
+    per_pass = block_time_shares(model, x, passes=passes, dtype=rec["dtype"])["selectors_per_pass"]
+    share, (low, high, _) = statistics.median(per_pass), median_interval(per_pass)
     macs = (rec["gmacs_selectors"] + rec["gmacs_method_outside_blocks"]) / rec["gmacs"]
-    return {"time_share_selectors": shares["selectors"], "mac_share_selectors": macs,
-            "selector_time_over_mac_share": shares["selectors"] / macs if macs else None}
+    return {"time_share_selectors": share, "time_share_selectors_ci_low": low, "time_share_selectors_ci_high": high,
+            "time_share_selectors_passes": passes, "time_share_selectors_per_pass": per_pass, "mac_share_selectors": macs,
+            "selector_time_over_mac_share": share / macs if macs else None}
 
 
 def _selector_path(rec: dict[str, Any]) -> str:
@@ -87,12 +96,25 @@ def summary_row(dense: dict[str, Any], tosa: dict[str, Any]) -> dict[str, Any]:
         "tosa_step_ms": tosa.get("step_ms_median"),
         "time_share_selectors": tosa.get("time_share_selectors"), "mac_share_selectors": tosa.get("mac_share_selectors"),
         "selector_time_over_mac_share": tosa.get("selector_time_over_mac_share"),
+        **({"selector_time_over_mac_share_ci95": [tosa["time_share_selectors_ci_low"] / tosa["mac_share_selectors"],
+                                                   tosa["time_share_selectors_ci_high"] / tosa["mac_share_selectors"]],
+            "selector_share_passes": tosa["time_share_selectors_passes"]}
+           if tosa.get("time_share_selectors_passes") and tosa.get("mac_share_selectors") else {}),
         "selector_path": _selector_path(tosa), "threads": tosa.get("threads"), "config_hash": tosa["config_hash"],
     }
 
 
 def _f(x: Any, fmt: str) -> str:
     return "-" if x is None else format(x, fmt)
+
+
+def _share_method(row: dict[str, Any]) -> str:
+    """How a table's selector time shares were read (older runs: two forwards, no interval)."""
+    passes = row.get("selector_share_passes")
+    if not passes:
+        return "selector shares from two forwards with hooks"
+    return (f"selector time share = median over {passes} forwards with hooks, the time/MAC ratio's distribution-free 95% "
+            f"interval over those forwards in brackets")
 
 
 def render_table(rows: list[dict[str, Any]], env: dict[str, Any], steps: int = 2) -> str:
@@ -104,14 +126,18 @@ def render_table(rows: list[dict[str, Any]], env: dict[str, Any], steps: int = 2
             body += f"| {r['batch_size']} | {r['dtype']} | {r['importance']} | | {r['status']}: {r['error']} | | | | |\n"
             continue
         noisy = " noisy" if r["noisy"] else ""
-        share = f"{_f(r['time_share_selectors'], '.2%')} / {_f(r['mac_share_selectors'], '.2%')} = {_f(r['selector_time_over_mac_share'], '.1f')}x"
+        ratio = f"{_f(r['selector_time_over_mac_share'], '.1f')}x"  # older runs: no interval
+        if r.get("selector_time_over_mac_share_ci95"):
+            low, high = r["selector_time_over_mac_share_ci95"]
+            ratio = f"{r['selector_time_over_mac_share']:.2f}x ({low:.2f}-{high:.2f})"
+        share = f"{_f(r['time_share_selectors'], '.2%')} / {_f(r['mac_share_selectors'], '.2%')} = {ratio}"
         body += (f"| {r['batch_size']} | {r['dtype']} | {r['importance']} | {r['rounds']} | {r['speedup_measured']:.3f}x ({r['speedup_ci95_low']:.3f}-{r['speedup_ci95_high']:.3f}){noisy}"
                  f" | {r['speedup_ideal']:.3f}x | {r['efficiency']:.1%} | {share} | {r['selector_path']} |\n")
     first = rows[0] if rows else {}
     caption = (f"{first.get('model')} ToSA keep {first.get('keep')} at {first.get('placement')} vs dense; device {env.get('device')} "
                f"({env.get('device_name')}), {first.get('threads')} threads, torch {env.get('torch')}. Speed-up = median over ABBA rounds of "
                f"dense step / ToSA step (rounds of {steps} steps each per side), distribution-free 95% interval of that median, 'noisy' when "
-               f"wider than +-5%; ideal = dense GMACs / ToSA GMACs (selectors included); selector shares from two forwards with hooks.\n")
+               f"wider than +-5%; ideal = dense GMACs / ToSA GMACs (selectors included); {_share_method(first)}.\n")
     return caption + "\n" + head + body
 
 

@@ -35,6 +35,8 @@ def test_selector_time_is_counted_whichever_path_runs(pin_budget, budget):
     total = shares["forward_s"] * 2
     # each selector call: two reads, one tick apart; 2 selectors x 2 passes
     assert shares["selectors"] == pytest.approx(4 / total)
+    # per pass: 2 selector ticks of the pass's own forward time (total / 2 each)
+    assert shares["selectors_per_pass"] == pytest.approx([2 / (total / 2)] * 2)
     # a block per pass: 4 sub-modules x 1 tick, plus its selector's tick
     per_block = [s * total for s in shares["per_block"]]
     assert per_block == pytest.approx([2 * (4 + (1 if i in (2, 5) else 0)) for i in range(12)])

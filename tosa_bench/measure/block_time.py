@@ -23,9 +23,11 @@ from tosa_bench.precision import autocast
 
 def block_time_shares(model: nn.Module, images: Tensor, passes: int = 2, dtype: str = "fp32", clock: Callable[[], float] = time.perf_counter) -> dict[str, object]:
     """Run ``passes`` forwards (after one untimed) and return
-    ``{"per_block": [share, ...], "selectors": share, "other": share, "forward_s": mean
-    seconds}`` with shares of the total forward time (0..1); a block's share includes its
-    selector's, which ``selectors`` also gives summed over blocks."""
+    ``{"per_block": [share, ...], "selectors": share, "selectors_per_pass": [share, ...],
+    "other": share, "forward_s": mean seconds}`` with shares of the total forward time
+    (0..1); a block's share includes its selector's, which ``selectors`` also gives summed
+    over blocks. ``selectors_per_pass`` is the same share for each pass on its own (for an
+    interval over passes)."""
     device = images.device
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     spent: dict[int, float] = defaultdict(float)
@@ -58,12 +60,17 @@ def block_time_shares(model: nn.Module, images: Tensor, passes: int = 2, dtype: 
             model(images)
             spent.clear()
             selected["s"] = 0.0
-            sync()
-            t0 = clock()
+            per_pass = []
+            total = 0.0
             for _ in range(passes):
+                before = selected["s"]
+                sync()
+                t0 = clock()
                 model(images)
-            sync()
-            total = clock() - t0
+                sync()
+                took = clock() - t0
+                total += took
+                per_pass.append((selected["s"] - before) / took)
     finally:
         for h in handles:
             h.remove()
@@ -71,7 +78,8 @@ def block_time_shares(model: nn.Module, images: Tensor, passes: int = 2, dtype: 
             del sel.received  # the class's method again
     depth = len(model.blocks)
     shares = [spent[i] / total for i in range(depth)]
-    return {"per_block": shares, "selectors": selected["s"] / total, "other": max(0.0, 1.0 - sum(shares)), "forward_s": total / passes}
+    return {"per_block": shares, "selectors": selected["s"] / total, "selectors_per_pass": per_pass,
+            "other": max(0.0, 1.0 - sum(shares)), "forward_s": total / passes}
 
 
 def _timed(received: Callable, block: int, spent: dict, selected: dict, sync: Callable[[], None], clock: Callable[[], float]) -> Callable:
