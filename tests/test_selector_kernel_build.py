@@ -7,6 +7,8 @@ checks the real kernel's numbers where one is built). Written for the mutation c
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -107,3 +109,15 @@ def test_a_failed_build_keeps_the_pytorch_path_and_says_why(fresh, error, reason
     assert logging.getLogger("torch.utils.cpp_extension").level == logging.INFO
     with pytest.raises(RuntimeError, match=f"^{reason}$"):
         selector_kernel.received(None, None, None, False, 32)
+
+
+def test_the_real_kernel_builds_where_a_toolchain_is_present():
+    """The kernel's numeric tests skip where it cannot be built. That may only mean a
+    machine without the toolchain: where a C++ compiler and ninja are present (as in CI),
+    a source that does not compile must fail here, not turn those tests into skips."""
+    if os.environ.get(DISABLE_ENV):
+        pytest.skip(f"the kernel is turned off by {DISABLE_ENV}")
+    compiler = os.environ.get("CXX", "c++")
+    if shutil.which(compiler) is None or not cpp_extension.is_ninja_available():
+        pytest.skip(f"no C++ compiler ({compiler}) or ninja here: the kernel cannot be built, its tests skip")
+    assert selector_kernel.kernel() is not None, selector_kernel.unavailable_reason()

@@ -104,10 +104,33 @@ inline float exp_sum(float* p, int64_t len, float m) {
   return s;
 }
 
-void check(const at::Tensor& t, int64_t dim, const char* name) {
-  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat, name, " must be a float32 CPU tensor");
+void check(const at::Tensor& t, int64_t dim, const char* name, bool maps = false) {
+  const auto type = t.scalar_type();
+  const bool ok = type == at::kFloat || (maps && (type == at::kBFloat16 || type == at::kHalf));
+  TORCH_CHECK(t.device().is_cpu() && ok, name, maps ? " must be a float32, bfloat16 or float16 CPU tensor" : " must be a float32 CPU tensor");
   TORCH_CHECK(t.dim() == dim && t.is_contiguous(), name, " must be a contiguous ", dim, "-d tensor");
 }
+
+// The maps in their own dtype: a row is widened to float32 as it is copied into the
+// kernel's scratch, so 16-bit maps are read once at half the bytes, with no float32 copy
+// of the whole batch made first.
+struct Maps {
+  const void* data;
+  at::ScalarType type;
+  explicit Maps(const at::Tensor& t) : data(t.data_ptr()), type(t.scalar_type()) {}
+  void row_into(int64_t offset, int64_t n, float* dst) const {
+    if (type == at::kBFloat16) {
+      const at::BFloat16* p = static_cast<const at::BFloat16*>(data) + offset;
+      std::copy(p, p + n, dst);
+    } else if (type == at::kHalf) {
+      const at::Half* p = static_cast<const at::Half*>(data) + offset;
+      std::copy(p, p + n, dst);
+    } else {
+      const float* p = static_cast<const float*>(data) + offset;
+      std::copy(p, p + n, dst);
+    }
+  }
+};
 
 // Weights (out, in, K) -> [in][K][out rounded up to CB] with zeros in the extra outputs, so
 // the CB weights one input tap gives a block of outputs are adjacent.
@@ -170,7 +193,7 @@ template <int64_t L>
 std::vector<at::Tensor> received_with(const at::Tensor& logits, const at::Tensor& w1, const at::Tensor& b1,
                                       const at::Tensor& w2, const at::Tensor& b2, bool keep_logits) {
   typedef typename Lanes<L>::vec vec;
-  check(logits, 4, "logits");
+  check(logits, 4, "logits", true);
   check(w1, 3, "w1");
   check(b1, 1, "b1");
   check(w2, 3, "w2");
@@ -187,9 +210,10 @@ std::vector<at::Tensor> received_with(const at::Tensor& logits, const at::Tensor
   const int64_t n_pad = round_up(N, L), width = n_pad + K - 1;
   const std::vector<float> g1 = regroup(w1, round_up(C, CB)), g2 = regroup(w2, round_up(H, CB));
   const int threads = at::get_num_threads();
-  at::Tensor partial = at::zeros({threads, B, n_pad}, logits.options());
-  at::Tensor z_out = keep_logits ? at::empty({B, H, R, N}, logits.options()) : at::Tensor();
-  const float* X = logits.data_ptr<float>();
+  const auto f32 = logits.options().dtype(at::kFloat);
+  at::Tensor partial = at::zeros({threads, B, n_pad}, f32);
+  at::Tensor z_out = keep_logits ? at::empty({B, H, R, N}, f32) : at::Tensor();
+  const Maps X(logits);
   const float* B1 = b1.data_ptr<float>();
   const float* B2 = b2.data_ptr<float>();
   float* Z = keep_logits ? z_out.data_ptr<float>() : nullptr;
@@ -200,10 +224,7 @@ std::vector<at::Tensor> received_with(const at::Tensor& logits, const at::Tensor
     float* acc_all = PART + static_cast<int64_t>(at::get_thread_num()) * B * n_pad;
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / R, r = row % R;
-      for (int64_t h = 0; h < H; ++h) {
-        const float* src = X + ((b * H + h) * R + r) * N;
-        std::copy(src, src + N, xp.data() + h * width + P);
-      }
+      for (int64_t h = 0; h < H; ++h) X.row_into(((b * H + h) * R + r) * N, N, xp.data() + h * width + P);
       // hidden = relu(conv1(x)), written after P zeros; keys N..n_pad-1 are not keys: zero
       // them, they are the next convolution's padding
       conv_rows<L>(xp.data(), H, width, g1.data(), B1, C, round_up(C, CB), K, n_pad, hp.data() + P, width, true);
@@ -230,7 +251,7 @@ std::vector<at::Tensor> received_with(const at::Tensor& logits, const at::Tensor
     }
   });
   at::Tensor received = partial.sum(0).narrow(1, 0, N).contiguous();  // the threads' partial sums
-  return {received, keep_logits ? z_out : at::empty({0}, logits.options())};
+  return {received, keep_logits ? z_out : at::empty({0}, f32)};
 }
 
 }  // namespace

@@ -127,5 +127,5 @@ def received(logits: Tensor, conv1: torch.nn.Conv1d, conv2: torch.nn.Conv1d, kee
     if mod is None:
         raise RuntimeError(unavailable_reason() or "the selector kernel is not available")
     weights = [t.detach().float().contiguous() for t in (conv1.weight, conv1.bias, conv2.weight, conv2.bias)]
-    out, z = mod.selector_received(logits.float().contiguous(), *weights, keep_logits, vector_bytes)
+    out, z = mod.selector_received(logits.contiguous(), *weights, keep_logits, vector_bytes)  # 16-bit maps widened row by row
     return out, (z.to(logits.dtype) if keep_logits else None)
