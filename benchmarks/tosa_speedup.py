@@ -40,6 +40,8 @@ from tosa_bench.errors import run_script
 from tosa_bench.measure.env import environment_record
 from tosa_bench.measure.point import measure_point
 from tosa_bench.measure.spec import Point, Settings, resolve_device
+from tosa_bench.methods.registry import DENSE
+from tosa_bench.methods.tosa import ToSAReducer
 from tosa_bench.precision import resolve_autocast
 from tosa_bench.results.store import ENV, RECORDS, RunStore
 from tosa_bench.sweep.session import check_out_dir
@@ -62,8 +64,8 @@ def measure_pair(store: RunStore, model: str, keep: float, placement: str, impor
     each finishes; ``extra(record)`` adds fields to a measured ToSA record before it is
     written. Returns [dense record, ToSA record]."""
     options = {"keep": keep, "placement": placement, "importance": importance}
-    dense = GridPoint(Point(model=model, variant="dense", batch_size=batch_size, dtype=dtype, device=device))
-    tosa = GridPoint(Point(model=model, variant="tosa", options=options, batch_size=batch_size, dtype=dtype, device=device),
+    dense = GridPoint(Point(model=model, variant=DENSE, batch_size=batch_size, dtype=dtype, device=device))
+    tosa = GridPoint(Point(model=model, variant=ToSAReducer.variant, options=options, batch_size=batch_size, dtype=dtype, device=device),
                      keeps=(keep,), placement=placement)
     # exactly `rounds` rounds: no budget, no early stop (pair_target 0)
     timed = Settings(timing=True, latency=False, memory=False, warmup=warmup, repeats=rounds * steps, time_budget_s=None, paired=True,

@@ -40,6 +40,8 @@ from tosa_bench.errors import run_script  # noqa: E402
 from tosa_bench.measure.env import environment_record  # noqa: E402
 from tosa_bench.measure.spec import Point, build_point_model, resolve_device  # noqa: E402
 from tosa_bench.measure.timing import median_interval  # noqa: E402
+from tosa_bench.methods.registry import DENSE  # noqa: E402
+from tosa_bench.methods.tosa import ToSAReducer  # noqa: E402
 from tosa_bench.models.chunks import FUSED, describe_budget  # noqa: E402
 from tosa_bench.precision import resolve_autocast  # noqa: E402
 from tosa_bench.results.store import ENV, RECORDS, RunStore, read_records  # noqa: E402
@@ -64,7 +66,7 @@ def selector_shares(rec: dict[str, Any], batch_size: int, device: str, passes: i
     forwards after one untimed, with the distribution-free 95% interval of that median)
     and of its MACs, for the point of ``rec``; the model is rebuilt with the same seed."""
     torch.manual_seed(0)
-    point = Point(model=rec["model"], variant="tosa", options=rec["options"], batch_size=batch_size, dtype=rec["dtype"], device=device)
+    point = Point(model=rec["model"], variant=ToSAReducer.variant, options=rec["options"], batch_size=batch_size, dtype=rec["dtype"], device=device)
     model = build_point_model(point).to(device).eval()
     x = torch.randn(batch_size, 3, model.cfg.img_size, model.cfg.img_size, generator=torch.Generator().manual_seed(0)).to(device)
     per_pass = block_time_shares(model, x, passes=passes, dtype=rec["dtype"])["selectors_per_pass"]
@@ -84,6 +86,16 @@ def _selector_path(rec: dict[str, Any]) -> str:
     return ", ".join(rec.get("kernel_paths") or []) or (describe_budget(plans[0]["bytes"]) if plans else "n/a")
 
 
+def _ratio_interval(tosa: dict[str, Any]) -> dict[str, Any]:
+    """The selectors' time/MAC ratio's 95% interval and the hooked forwards it came from,
+    for a record that has them (runs before the interval existed: nothing)."""
+    macs = tosa.get("mac_share_selectors")
+    if not (tosa.get("time_share_selectors_passes") and macs):
+        return {}
+    return {"selector_time_over_mac_share_ci95": [tosa["time_share_selectors_ci_low"] / macs, tosa["time_share_selectors_ci_high"] / macs],
+            "selector_share_passes": tosa["time_share_selectors_passes"]}
+
+
 def summary_row(dense: dict[str, Any], tosa: dict[str, Any]) -> dict[str, Any]:
     return {
         "model": tosa["model"], "batch_size": tosa["batch_size"], "dtype": tosa["dtype"], "device": tosa["device"],
@@ -96,10 +108,7 @@ def summary_row(dense: dict[str, Any], tosa: dict[str, Any]) -> dict[str, Any]:
         "tosa_step_ms": tosa.get("step_ms_median"),
         "time_share_selectors": tosa.get("time_share_selectors"), "mac_share_selectors": tosa.get("mac_share_selectors"),
         "selector_time_over_mac_share": tosa.get("selector_time_over_mac_share"),
-        **({"selector_time_over_mac_share_ci95": [tosa["time_share_selectors_ci_low"] / tosa["mac_share_selectors"],
-                                                   tosa["time_share_selectors_ci_high"] / tosa["mac_share_selectors"]],
-            "selector_share_passes": tosa["time_share_selectors_passes"]}
-           if tosa.get("time_share_selectors_passes") and tosa.get("mac_share_selectors") else {}),
+        **_ratio_interval(tosa),
         "selector_path": _selector_path(tosa), "threads": tosa.get("threads"), "config_hash": tosa["config_hash"],
     }
 
@@ -183,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     done = {}
     if (a.out / RECORDS).exists():
         for r in read_records(a.out / RECORDS).records:
-            if r.get("variant") == "tosa" and r.get("status") == "ok" and r.get("model") == a.model:
+            if r.get("variant") == ToSAReducer.variant and r.get("status") == "ok" and r.get("model") == a.model:
                 done[(r["batch_size"], r["dtype"], r["options"]["importance"])] = True
     store.open_for_append()
     session = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -205,13 +214,13 @@ def main(argv: list[str] | None = None) -> int:
     by_key = {}
     for r in records:
         if r.get("model") == a.model and r.get("status") is not None:
-            rule = r["options"].get("importance") if r["variant"] == "tosa" else None
-            by_key.setdefault((r["batch_size"], r["dtype"]), {})[rule or "dense"] = r
+            rule = r["options"].get("importance") if r["variant"] == ToSAReducer.variant else None
+            by_key.setdefault((r["batch_size"], r["dtype"]), {})[rule or DENSE] = r
     rows = []
     for (batch, dtype), recs in sorted(by_key.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         for rule in ("mean", "cls"):
-            if rule in recs and "dense" in recs:
-                rows.append(summary_row(recs["dense"], recs[rule]))
+            if rule in recs and DENSE in recs:
+                rows.append(summary_row(recs[DENSE], recs[rule]))
     env = json.loads((a.out / ENV).read_text())
     store.write_json(SUMMARY, {"method": "see summary.md's caption", "rows": rows})
     (a.out / TABLE).write_text(render_table(rows, env, a.steps))

@@ -111,6 +111,13 @@ void check(const at::Tensor& t, int64_t dim, const char* name, bool maps = false
   TORCH_CHECK(t.dim() == dim && t.is_contiguous(), name, " must be a contiguous ", dim, "-d tensor");
 }
 
+// Copies n entries of a T array from `offset` into dst as float32.
+template <typename T>
+inline void widen(const void* data, int64_t offset, int64_t n, float* dst) {
+  const T* p = static_cast<const T*>(data) + offset;
+  std::copy(p, p + n, dst);
+}
+
 // The maps in their own dtype: a row is widened to float32 as it is copied into the
 // kernel's scratch, so 16-bit maps are read once at half the bytes, with no float32 copy
 // of the whole batch made first.
@@ -119,16 +126,9 @@ struct Maps {
   at::ScalarType type;
   explicit Maps(const at::Tensor& t) : data(t.data_ptr()), type(t.scalar_type()) {}
   void row_into(int64_t offset, int64_t n, float* dst) const {
-    if (type == at::kBFloat16) {
-      const at::BFloat16* p = static_cast<const at::BFloat16*>(data) + offset;
-      std::copy(p, p + n, dst);
-    } else if (type == at::kHalf) {
-      const at::Half* p = static_cast<const at::Half*>(data) + offset;
-      std::copy(p, p + n, dst);
-    } else {
-      const float* p = static_cast<const float*>(data) + offset;
-      std::copy(p, p + n, dst);
-    }
+    if (type == at::kBFloat16) widen<at::BFloat16>(data, offset, n, dst);
+    else if (type == at::kHalf) widen<at::Half>(data, offset, n, dst);
+    else widen<float>(data, offset, n, dst);
   }
 };
 
