@@ -1,36 +1,60 @@
-"""`tosa-bench demo --quick`: the whole chain (data, classifier, selectors, sweep with
-accuracy, figures, token pictures) runs and every piece lands where the next one reads it."""
+"""`tosa-bench demo --quick`: the whole experiment (data, classifier, selectors, depth
+head, both sweeps with top-1, object share, depth and speed-up, the summary over seeds,
+figures, token pictures) runs, and every piece lands where the next one reads it."""
 
 from __future__ import annotations
 
 import json
+import math
 
 from typer.testing import CliRunner
 
 from tosa_bench.cli import app
+from tosa_bench.experiments.demo import MODEL
+from tosa_bench.methods import registry
+from tosa_bench.methods.base import kept_count
+from tosa_bench.models.configs import get_config
 from tosa_bench.models.selector_file import read_selector_metadata
 from tosa_bench.results import load_run
 
 runner = CliRunner()
 
 
-def test_demo_end_to_end(tmp_path):
+def test_demo_quick_end_to_end(tmp_path):
     out = tmp_path / "demo"
-    res = runner.invoke(app, ["demo", "--quick", "--epochs", "1", "--train-images", "100", "--device", "cpu", "--out", str(out)])
+    res = runner.invoke(app, ["demo", "--quick", "--train-images", "200", "--device", "cpu", "--out", str(out)])
     assert res.exit_code == 0, res.output
-    run = load_run(out / "sweep")
-    # dense + 4 methods x 3 keeps, ToMe's r=1 standing for keeps 0.5 and 0.75 (one point, two keeps)
-    assert len(run.records) == 12 and all(r["status"] == "ok" for r in run.records)
+    run = load_run(out / "seed-0" / "sweep")
+    # dense + 4 methods x 3 keeps, ToMe's r standing for two keeps in one point where they map alike
+    assert all(r["status"] == "ok" for r in run.records), [r.get("error") for r in run.records]
     assert sorted(sum((r["grid_keeps"] for r in run.records), [])) == [0.25] * 4 + [0.5] * 4 + [0.75] * 4
     assert all(r["top1"] is not None and r["weights"] == "checkpoint" for r in run.records)
+    assert all(r["delta1"] is not None and r["absrel"] is not None for r in run.records)
+    patches = get_config(MODEL).num_tokens - 1
+    for r in run.records:
+        method = registry.get(r["variant"])
+        if registry.is_dense(r["variant"]) or r["variant"] == "tome":  # nothing chosen: no share
+            assert r["object_share"] is None, r["variant"]
+            continue
+        assert set(r["object_share"]) and 0.0 <= r["object_share_mean"] <= 1.0
+        if method.control:  # the random control chooses k of the patches in every block it runs
+            chance = kept_count(r["options"]["keep"], patches) / patches
+            assert all(math.isclose(c, chance) for c in r["object_chance"].values())
+    assert all(r["speedup_paired"] is not None for r in run.records if not registry.is_dense(r["variant"]))
     tosa = [r for r in run.records if r["variant"] == "tosa"]
-    assert tosa and all(r["selector"] == str(out / "selector" / "selectors.safetensors") for r in tosa)
-    assert read_selector_metadata(out / "selector" / "selectors.safetensors")["model"] == "test_tiny"
-    figures = {p.name for p in (out / "sweep" / "figures").iterdir()}
-    assert {"tradeoff-top1-vs-gmacs.pdf", "speedup-vs-keep.png", "tokens-per-block-keep0.5.png"} <= figures
-    for part in ("classifier", "selector"):
-        assert (out / part / "figures" / "training-curves.png").is_file()
-        assert json.loads((out / part / "env.json").read_text())["device"] == "cpu"
+    assert tosa and all(r["selector"] == str(out / "seed-0" / "selector" / "selectors.safetensors") for r in tosa)
+    untrained = load_run(out / "seed-0" / "sweep-untrained").records
+    assert len(untrained) == 3 and all(r["selector"] is None and r["top1"] is not None and r["object_share"] for r in untrained)
+    assert read_selector_metadata(out / "seed-0" / "selector" / "selectors.safetensors")["model"] == MODEL
+    summary = json.loads((out / "summary" / "summary.json").read_text())
+    assert summary["seeds"] == 1 and len(summary["records"]) == 12 + 3
+    assert "recall@0.5" in summary["selector_recall"]
+    table = (out / "summary" / "table.md").read_text()
+    assert "object tokens per block" in table and "top-k recall" in table
+    figures = {p.name for p in (out / "summary" / "figures").iterdir()}
+    assert {"tradeoff-top1-vs-gmacs.png", "tradeoff-delta1-vs-gmacs.png", "object-share-vs-keep.png", "speedup-vs-keep.png"} <= figures
+    assert json.loads((out / "summary" / "env.json").read_text())["device"] == "cpu"
     assert len(list((out / "tokens").glob("*.png"))) == 6
+    assert "at keep 0.5" in res.output and "ToSA (untrained)" in res.output
     res = runner.invoke(app, ["demo", "--quick", "--device", "cpu", "--out", str(out)])
     assert res.exit_code == 2 and "not empty" in res.output

@@ -38,13 +38,13 @@ def reducer_outside(counted) -> int:
 
 
 @pytest.mark.parametrize("variant,options", CASES)
-@pytest.mark.parametrize("model", ["test_tiny", "test_deep"])
+@pytest.mark.parametrize("model", ["test_tiny", "test_deep", "demo_vit"])  # demo_vit: the convolutional stem
 def test_counter_agrees_with_formula(model, variant, options):
     """Exact, not within a tolerance: both sides are integer MAC counts under the same
     conventions, so any difference is a bug on one side (a 1% slack hid a final norm counted
     on the wrong tokens, and would hide EViT's CLS row or ToMe's matching on small models)."""
     m = build_model(model, variant, **options)
-    x = torch.randn(1, 3, 32, 32)
+    x = torch.randn(1, 3, m.cfg.img_size, m.cfg.img_size)
     counted = count_macs(m, x)
     formula = analytic_macs(m.cfg, m.reducer, m.token_counts)
     assert m.token_counts == expected_token_counts(m.reducer, m.cfg.num_tokens)

@@ -1,22 +1,10 @@
-"""``tosa-bench demo``: the whole project end to end on generated data, on any machine.
-
-1. data: a ``shapes`` training set and a separate validation set (ImageFolder JPEGs);
-2. ``train classifier``: a small ViT (``test_tiny``) from scratch;
-3. ``train selector``: ToSA's selectors distilled from it;
-4. ``sweep``: dense, ToSA (with the trained selectors), ToMe, EViT and the random control
-   at three keeps, with accuracy on the validation set, cost and speed;
-5. figures: the sweep's (accuracy against GMACs, speed-up against keep, ...) and both
-   training runs' curves; token pictures of two validation images.
-
-Each step is the command a user would run (the same functions), so the demo shows what
-every part does and tests that they fit together. On a 2-core CPU it takes about two
-minutes. The model is tiny and the data synthetic: the numbers show the mechanics, not
-ImageNet results (the 32-pixel ViT reaches only ~15-20% top-1 on the 10 shape classes in
-12 epochs), and speed-ups of a model this small are dominated by overheads.
-"""
+"""``tosa-bench demo``: the demo experiment (:mod:`tosa_bench.experiments.demo`) from the
+command line: does token selection matter, in accuracy, depth and speed, on generated
+data a 2-core CPU learns in minutes. This module only parses options and prints."""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Optional
@@ -26,79 +14,82 @@ import typer
 from tosa_bench.cli.common import app, check_output_dir, guarded, out, say
 from tosa_bench.errors import RunStateError
 
-MODEL = "test_tiny"
-KEEPS = (0.25, 0.5, 0.75)
 
-
-def _step(n: int, text: str) -> None:
-    out.print(f"\n[{n}/6] {text}", highlight=False, markup=False)
+def _step(text: str) -> None:
+    out.print(f"\n== {text}", highlight=False, markup=False)
 
 
 @app.command("demo")
 @guarded
 def demo_command(
     out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Where everything goes (default runs/demo-<time>).")] = None,
-    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Classifier epochs.")] = 12,
-    train_images: Annotated[int, typer.Option("--train-images", min=100, help="Generated training images.")] = 2000,
+    seeds: Annotated[int, typer.Option("--seeds", min=1, max=20, help="Run the whole experiment for seeds 0..N-1 (data, weights, selector training); the summary gives mean ± sample sd.")] = 1,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Classifier epochs (default 5; --quick: 1).")] = None,
+    train_images: Annotated[Optional[int], typer.Option("--train-images", min=100, help="Generated training images (default 12000; --quick: 600).")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")] = "auto",
-    quick: Annotated[bool, typer.Option("--quick", help="Smoke test: 1 selector epoch, 100 validation images, minimal timing (speed-ups then noisy), no latency or memory.")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="Smoke test: every step and every method's accuracy on a tenth of the data, one epoch each; the numbers are not results.")] = False,
 ) -> None:
-    """Everything end to end on generated data: train a small ViT and its ToSA selectors,
-    sweep ToSA, ToMe, EViT and the random control with accuracy, and draw the figures."""
-    from tosa_bench.cli.plot import figures_after_run, write_report
-    from tosa_bench.cli.sweep import run_plan
-    from tosa_bench.cli.train import classifier_command, selector_command
-    from tosa_bench.data.synthetic import make_dataset
+    """Train a small ViT on generated shapes, distil ToSA's selectors, train a depth
+    head on generated rooms, then sweep dense, ToSA (distilled and untrained), ToMe, EViT
+    and the random control at keeps 0.25/0.5/0.75 with top-1, object-token share, depth
+    and paired speed-up; summary and figures in OUT/summary. Example: tosa-bench demo --seeds 3"""
+    from tosa_bench.experiments import demo
     from tosa_bench.measure.spec import resolve_device
-    from tosa_bench.methods.registry import builtin_names, get, is_dense
-    from tosa_bench.models.configs import get_config
-    from tosa_bench.results.figures import plot_training
-    from tosa_bench.results.tokens import token_pictures
-    from tosa_bench.sweep.session import plan_new
-    from tosa_bench.sweep.suite import Suite
 
+    cfg = (demo.DemoConfig.quick() if quick else demo.DemoConfig()).with_overrides(seeds=seeds, epochs=epochs, train_images=train_images)
     dev = resolve_device(device)
     root = out_dir or Path("runs") / f"demo-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}"
     check_output_dir(root, "--out")
     if root.is_dir() and any(root.iterdir()):
         raise RunStateError(f"--out {root}: not empty; the demo writes into a new or empty directory")
-    size = get_config(MODEL).img_size * 3 // 2  # the evaluation crop (0.875) then takes the centre
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "demo.json").write_text(json.dumps({**demo.config_record(cfg), "device": dev, "quick": quick}, indent=1) + "\n")
 
-    _step(1, "generated data (ImageFolder JPEGs)")
-    train_dir = make_dataset("shapes", root / "data" / "shapes-train", n=train_images, size=size, seed=1)
-    n_val = 100 if quick else 500
-    val_dir = make_dataset("shapes", root / "data" / "shapes-val", n=n_val, size=size, seed=2)
-    out.print(f"{train_dir} ({train_images} images), {val_dir} ({n_val} images)", highlight=False, markup=False)
+    paths = [demo.run_seed(cfg, s, root / f"seed-{s}", dev, _step) for s in range(cfg.seeds)]
+    _step("token pictures of two validation images (seed 0)")
+    _token_pictures(root, paths[0]["val"])
+    _step(f"summary over {cfg.seeds} seed(s)")
+    result = demo.summary(paths, root / "summary")
+    _closing_lines(result["records"], result["recall"], cfg)
+    say(f"demo done: {root} (summary: {root / 'summary' / 'table.md'}; figures: {root / 'summary' / 'figures'})", prefix="")
 
-    _step(2, f"train classifier: {MODEL} from scratch, {epochs} epochs")
-    classifier_command(data=train_dir, model=MODEL, epochs=epochs, batch_size=64, lr=3e-3, min_crop_scale=0.9, device=dev,
-                       workers=0, out_dir=root / "classifier")
-    checkpoint = root / "classifier" / "checkpoint.safetensors"
 
-    _step(3, "train selector: ToSA's selectors distilled from the classifier")
-    selector_command(data=train_dir, model=MODEL, checkpoint=checkpoint, keep=list(KEEPS), epochs=1 if quick else 4, batch_size=64, lr=1e-3,
-                     device=dev, workers=0, out_dir=root / "selector")
-    selector = root / "selector" / "selectors.safetensors"
+def _token_pictures(root: Path, val_dir: Path) -> None:
+    from tosa_bench.experiments.demo import MODEL
+    from tosa_bench.methods.registry import builtin_names, get, is_dense
+    from tosa_bench.models.configs import get_config
+    from tosa_bench.results.tokens import token_pictures
 
-    _step(4, f"sweep: every method at keeps {', '.join(map(str, KEEPS))}, accuracy on the validation set")
-    suite = Suite().with_overrides(models=(MODEL,), keeps=KEEPS, batch_size=(64,), devices=(dev,), checkpoint={"*": str(checkpoint)},
-                                   selector={"*": str(selector)}, imagenet=str(val_dir), time_budget_s=0.2 if quick else 1.0,
-                                   pair_budget_s=1.0 if quick else 6.0, pair_min_rounds=4 if quick else 12, num_workers=0,
-                                   latency=False if quick else None, memory=False if quick else None)
-    plan = plan_new(suite, root / "sweep")
-    run_plan(plan, figures=False)
-    figures_after_run(root / "sweep")
-
-    _step(5, "training curves")
-    for run in ("classifier", "selector"):
-        write_report(plot_training(root / run), root / run / "figures")
-
-    _step(6, "token pictures of two validation images")
+    seed0 = root / "seed-0"
     images = sorted(val_dir.rglob("*.JPEG"))[:2]
     written = []
     for variant in (n for n in builtin_names() if not is_dense(n) and not get(n).control):  # ToSA, ToMe, EViT
         options = get(variant).natural_options(0.5, get_config(MODEL))
-        written += token_pictures(images, MODEL, variant, options, root / "tokens", checkpoint=checkpoint,
-                                  selector=selector if get(variant).accepts_selector else None, formats=("png",))
+        selector = seed0 / "selector" / "selectors.safetensors" if get(variant).accepts_selector else None
+        written += token_pictures(images, MODEL, variant, options, root / "tokens",
+                                  checkpoint=seed0 / "classifier" / "checkpoint.safetensors", selector=selector, formats=("png",))
     out.print(f"{len(written)} pictures in {root / 'tokens'}", highlight=False, markup=False)
-    say(f"demo done: {root} (sweep table: {root / 'sweep' / 'table.md'}; figures: {root / 'sweep' / 'figures'})", prefix="")
+
+
+def _closing_lines(records: list[dict], recall: dict, cfg) -> None:
+    """The experiment's answer in a few lines: top-1, object share, depth and speed-up at keep 0.5."""
+    from tosa_bench.experiments.demo import mean_of
+    from tosa_bench.methods import registry
+
+    def fmt(v, scale=1.0, digits=1, unit=""):
+        return "n/m" if v is None else f"{v * scale:.{digits}f}{unit}"
+
+    keep = 0.5 if 0.5 in cfg.keeps else cfg.keeps[len(cfg.keeps) // 2]
+    out.print(f"\nat keep {keep:g} (mean over {cfg.seeds} seed(s)):", highlight=False, markup=False)
+    for name in registry.names():
+        method = registry.get(name)
+        dense = registry.is_dense(name)
+        for trained in ((True, False) if method.accepts_selector else (None,)):
+            label = method.display + {True: " (distilled)", False: " (untrained)", None: ""}[trained]
+
+            def get(field: str) -> float | None:
+                return mean_of(records, name, None if dense else keep, field, trained)
+
+            out.print(f"  {label:22} top-1 {fmt(get('top1'), unit='%')}  object tokens {fmt(get('object_share_mean'), 100, unit='%')}"
+                      f"  delta1 {fmt(get('delta1'), digits=3)}  speed-up {fmt(get('speedup_paired'), digits=2, unit='x')}",
+                      highlight=False, markup=False, soft_wrap=True)

@@ -88,6 +88,7 @@ def plot_command(
     keep: Annotated[Optional[float], typer.Option("--keep", help="Keep of the per-keep figures (tokens per block, placements); default: the run's keep closest to 0.5.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="pdf, png, svg (comma-separated).")] = "pdf,png",
     out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Where the figures go (default RUN_DIR/figures for one run; required for several).")] = None,
+    aggregate: Annotated[bool, typer.Option("--aggregate", help="The runs are seeds of one configuration: draw their means with ± sample-sd error bars instead of overlaying them.")] = False,
 ) -> None:
     from tosa_bench.results.figures import X_AXES, Y_AXES, is_training_run, parse_choices, parse_formats, plot_runs, plot_training
 
@@ -104,7 +105,7 @@ def plot_command(
             raise OptionError(f"plot: {training[0]} is a training run; plot it on its own")
         write_report(plot_training(run_dirs[0], out_dir, formats), out_dir)
         return
-    write_report(plot_runs(run_dirs, out_dir, x=xs, y=ys, keep=keep, formats=formats), out_dir)
+    write_report(plot_runs(run_dirs, out_dir, x=xs, y=ys, keep=keep, formats=formats, aggregate=aggregate), out_dir)
 
 
 @app.command("show-tokens")

@@ -418,23 +418,28 @@ def output_width() -> int:
 @app.command("report")
 @guarded
 def report_command(
-    run_dir: Path = typer.Argument(..., help="A sweep run directory (runs/<run-id>)."),
+    run_dirs: list[Path] = typer.Argument(..., help="A sweep run directory (runs/<run-id>); several: seeds of one configuration, reported as mean ± sample sd (n)."),
     fmt: Format = typer.Option(Format.table, "--format", "-f", help="table (fits the terminal; every column in md/csv), md, latex or csv."),
     output: Optional[Path] = typer.Option(None, "--out", "-o", help="Write to this file instead of stdout (a table at 160 columns)."),
     old_output: Optional[Path] = typer.Option(None, "--output", hidden=True, help="Deprecated name of --out."),
 ) -> None:
-    """The comparison tables of a run again, from its store alone."""
+    """The comparison tables of a run again, from its store alone. Several runs of one
+    configuration (seeds) are reported together: every metric as mean ± sample standard
+    deviation (n runs)."""
     from tosa_bench.results import load_run
+    from tosa_bench.results.aggregate import aggregate_runs
     from tosa_bench.results.tables import render
 
     output = deprecated_alias(output, old_output, "--out", "--output")
     if output is not None:
         check_output_file(output, "--out")  # before reading the run
-    run = load_run(run_dir)
-    if run.torn_tail:
-        say(f"note: the last line of {run.path}/records.jsonl is incomplete (a killed run) and was skipped")
-    if run.bad_lines:
-        say(f"note: unreadable lines {run.bad_lines[:5]} of {run.path}/records.jsonl were skipped")
+    runs = [load_run(d) for d in run_dirs]
+    for run in runs:
+        if run.torn_tail:
+            say(f"note: the last line of {run.path}/records.jsonl is incomplete (a killed run) and was skipped")
+        if run.bad_lines:
+            say(f"note: unreadable lines {run.bad_lines[:5]} of {run.path}/records.jsonl were skipped")
+    run = runs[0] if len(runs) == 1 else aggregate_runs(runs)
     result = render(run, fmt.value)
     if fmt is Format.table:
         if output is not None:

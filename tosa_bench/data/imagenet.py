@@ -192,6 +192,7 @@ class ImageNetVal(ImageFolder):
         expected_classes: int | None = None,
     ) -> None:
         resolved = resolve_imagenet_root(root)
+        self.crop_pct = crop_pct  # the geometry of the transform, for object-token masks
         try:
             super().__init__(str(resolved), transform=eval_transform(img_size, crop_pct), allow_empty=True)
         except OSError as err:  # a class folder we may not list

@@ -36,6 +36,7 @@ __all__ = [
     "COLOURS",
     "NYU_FOCAL_RATIO",
     "make_shapes",
+    "object_mask",
     "make_rooms",
     "make_dataset",
     "render_room",
@@ -119,18 +120,37 @@ def _clutter(rng: np.random.Generator, size: int) -> np.ndarray:
     return np.clip(img, 0, 1).astype(np.float32)
 
 
-def _draw_shapes_image(rng: np.random.Generator, size: int, k: int, num_classes: int) -> tuple[np.ndarray, dict[str, Any]]:
+#: default object radius, as a share of the image side (the ``shapes`` set of ``data make``)
+RADIUS = (0.06, 0.09)
+
+
+def _draw_shapes_image(rng: np.random.Generator, size: int, k: int, num_classes: int,
+                       radius: tuple[float, float] = RADIUS, inner: float = 1.0) -> tuple[np.ndarray, dict[str, Any]]:
     shape, colour = _class_spec(k, num_classes)
     colour = colour or list(COLOURS)[int(rng.integers(len(COLOURS)))]
     img = _clutter(rng, size)
-    r = float(rng.uniform(0.06, 0.09) * size)
-    cx, cy = (float(v) for v in rng.uniform(r + 2, size - r - 2, 2))
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
-    mask = _shape_mask(shape, xx - cx, yy - cy, r)
+    r = float(rng.uniform(*radius) * size)
+    lo = size * (1.0 - inner) / 2.0  # the object lies inside the central inner x inner square
+    cx, cy = (float(v) for v in rng.uniform(lo + r + 2, size - lo - r - 2, 2))
+    mask = _shape_mask(shape, *_offsets(size, cx, cy), r)
     rgb = np.array(COLOURS[colour], np.float32) / 255.0 * rng.uniform(0.85, 1.0)
     img[mask] = rgb
-    ann = {"shape": shape, "colour": colour, "cx": round(cx, 2), "cy": round(cy, 2), "radius": round(r, 2)}
+    ann = {"shape": shape, "colour": colour, "cx": cx, "cy": cy, "radius": r}
     return (img * 255 + 0.5).astype(np.uint8), ann
+
+
+def _offsets(size: int, cx: float, cy: float) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel-centre offsets (dx, dy) of a size x size image from the point (cx, cy)."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+    return xx - cx, yy - cy
+
+
+def object_mask(annotation: dict[str, Any], size: int) -> np.ndarray:
+    """Boolean (size, size) mask of the object of one ``shapes`` image, drawn again from
+    its annotation (shape, centre and radius in px of the ``size`` x ``size`` image) with
+    the same rule that painted it, so it matches the painted pixels exactly."""
+    cx, cy = float(annotation["cx"]), float(annotation["cy"])
+    return _shape_mask(annotation["shape"], *_offsets(size, cx, cy), float(annotation["radius"]))
 
 
 def make_shapes(
@@ -139,14 +159,21 @@ def make_shapes(
     size: int = 224,
     num_classes: int = 10,
     seed: int = 0,
+    radius: tuple[float, float] = RADIUS,
+    inner: float = 1.0,
 ) -> Path:
     """Write a small-object classification set in ImageFolder layout; return ``out_dir``.
 
     ``n`` images (class of image i = i mod num_classes, so classes are balanced), ``size``
     x ``size`` px JPEG (quality 95), class folders ``n00000000``.. (sorted = class order).
-    The object's radius is 6-9 % of ``size``. Also writes ``README.txt`` and
-    ``annotations.json`` (per image: class, shape, colour, centre and radius in px).
+    The object's radius is a share of ``size`` drawn from ``radius`` (default 6-9 %); the
+    whole object lies inside the central ``inner`` x ``inner`` share of the image (1: anywhere;
+    0.875: inside the DeiT evaluation crop, so no crop cuts it). Also writes ``README.txt``
+    and ``annotations.json`` (per image: class, shape, colour, centre and radius in px,
+    exact to float precision so :func:`object_mask` redraws the painted pixels).
     """
+    if not (0 < radius[0] <= radius[1] < 0.5 and 0 < inner <= 1 and 2 * radius[1] * size + 4 < inner * size):
+        raise OptionError(f"shapes: radius {radius} (share of the side) does not fit inside the central {inner} of a {size}-px image")
     if not 1 <= num_classes <= len(SHAPES) * len(COLOURS):
         raise OptionError(f"num_classes must be in 1..{len(SHAPES) * len(COLOURS)}, got {num_classes}")
     if size < 32 or n < 1:
@@ -158,19 +185,19 @@ def make_shapes(
     records = []
     for i in range(n):
         k = i % num_classes
-        img, ann = _draw_shapes_image(_rng(seed, i), size, k, num_classes)
+        img, ann = _draw_shapes_image(_rng(seed, i), size, k, num_classes, radius, inner)
         rel = f"val/{wnids[k]}/shape_{i:06d}.JPEG"
         Image.fromarray(img).save(out / rel, quality=95)
         records.append({"file": rel, "label": k, **ann})
     classes = [dict(zip(("wnid", "shape", "colour"), (w, *_class_spec(k, num_classes)))) for k, w in enumerate(wnids)]
     meta = {"kind": "shapes", "n": n, "size": size, "num_classes": num_classes, "seed": seed,
-            "classes": classes, "images": records}
+            "radius_share": list(radius), "inner": inner, "classes": classes, "images": records}
     (out / "annotations.json").write_text(json.dumps(meta, indent=1))
     (out / "README.txt").write_text(
         "tosa-bench synthetic 'shapes' classification set (generated, not downloaded).\n"
         f"{n} images, {size}x{size} px JPEG, {num_classes} classes, seed {seed}.\n"
         "Layout: val/<wnid>/<name>.JPEG (ImageFolder; class index = sorted wnid order).\n"
-        "The class is decided only by one small object (radius 6-9% of the side;\n"
+        f"The class is decided only by one small object (radius {radius[0]:.0%}-{radius[1]:.0%} of the side;\n"
         f"shapes {', '.join(SHAPES[:num_classes])}; colour also decides the class when there\n"
         "are more than 8 classes) placed at a random position on a cluttered background\n"
         "(smooth colour noise, stripes, soft blobs, pixel noise) that carries no class.\n"

@@ -23,7 +23,7 @@ plus what the method adds where it acts, declared by the method itself
     ToMe merge at n_a tokens: similarity of the two halves ceil(n_a/2) floor(n_a/2) D/H
     EViT pruning at n_a tokens: the CLS row of the logits n_a D and its softmax H n_a
 
-and once per model: patch embedding P D 3 p^2, final norm 5 n_out D (n_out = the
+and once per model: patch embedding P D 3 p^2 (a convolutional stem: :func:`stem_macs`), final norm 5 n_out D (n_out = the
 tokens the method hands to it: all N for ToSA and random, whose bypassed tokens are put
 back; the last block's output for ToMe and EViT), head D C.
 """
@@ -73,6 +73,20 @@ def block_macs(cfg: ViTConfig, t: BlockTokens) -> int:
     return attention + mlp
 
 
+def stem_macs(cfg: ViTConfig, h: int, w: int) -> int:
+    """MACs of the patch embedding of one h x w image: one p x p convolution per patch
+    ("patch"), or the convolutional stem's three convolutions and two BatchNorms at 2 per
+    element ("conv", :class:`~tosa_bench.models.vit.ConvStem`)."""
+    D, p = cfg.embed_dim, cfg.patch_size
+    patches = (h // p) * (w // p)
+    if cfg.stem == "patch":
+        return patches * D * 3 * p**2
+    h1, w1 = (h + 1) // 2, (w + 1) // 2  # 3x3, stride 2, padding 1
+    h2, w2 = (h1 + 1) // 2, (w1 + 1) // 2
+    c1, c2 = D // 4, D // 2
+    return (h1 * w1 * c1 * (3 * 9 + 2) + h2 * w2 * c2 * (c1 * 9 + 2) + patches * D * c2 * (p // 4) ** 2)
+
+
 def analytic_macs(cfg: ViTConfig, reducer: TokenReducer, counts: list[BlockTokens], image_hw: tuple[int, int] | None = None) -> AnalyticMacs:
     """Per-image MACs of a model with ``cfg`` run by ``reducer`` with per-block ``counts``
     (from ``model.token_counts`` or ``registry.expected_token_counts``)."""
@@ -80,7 +94,7 @@ def analytic_macs(cfg: ViTConfig, reducer: TokenReducer, counts: list[BlockToken
     h, w = image_hw or (cfg.img_size, cfg.img_size)
     patches = (h // cfg.patch_size) * (w // cfg.patch_size)
     D = cfg.embed_dim
-    embed = patches * D * 3 * cfg.patch_size**2
+    embed = stem_macs(cfg, h, w)
     extras = [method.extra_macs(cfg, reducer, counts, i) for i in range(len(counts))]
     blocks = tuple(block_macs(cfg, t) + inside for t, (inside, _) in zip(counts, extras))
     tail = 5 * method.final_tokens(counts, counts[0].attn) * D + (D * cfg.num_classes if cfg.num_classes > 0 else 0)

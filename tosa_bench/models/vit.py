@@ -175,6 +175,37 @@ class PatchEmbed(nn.Module):
         return x.flatten(2).transpose(1, 2), grid
 
 
+class ConvStem(nn.Module):
+    """A convolutional stem in place of the patch convolution (Xiao et al., NeurIPS 2021,
+    "Early Convolutions Help Transformers See Better"): two 3x3 stride-2 convolutions,
+    each followed by BatchNorm and ReLU, widen 3 -> D/4 -> D/2 channels, then a
+    (p/4) x (p/4) convolution of stride p/4 makes one D-wide token per p x p patch, the
+    grid the patch embedding gives. It lends a small ViT the locality of a CNN, so it
+    learns from far fewer images (the demo model, :mod:`tosa_bench.models.configs`).
+    MACs per image (:mod:`tosa_bench.measure.analytic`): the three convolutions, plus
+    BatchNorm at 2 per element (inference, affine), as fvcore counts it."""
+
+    def __init__(self, patch_size: int, dim: int) -> None:
+        super().__init__()
+        if patch_size % 4 or dim % 4:
+            raise OptionError(f"stem 'conv': patch size {patch_size} and width {dim} must be multiples of 4")
+        self.patch_size = patch_size
+        widths = (3, dim // 4, dim // 2)
+        layers: list[nn.Module] = []
+        for cin, cout in zip(widths, widths[1:]):
+            layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+        self.stem = nn.Sequential(*layers)
+        self.proj = nn.Conv2d(dim // 2, dim, kernel_size=patch_size // 4, stride=patch_size // 4)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        x = self.proj(self.stem(x))
+        grid = (x.shape[-2], x.shape[-1])
+        return x.flatten(2).transpose(1, 2), grid
+
+
+STEMS = {"patch": PatchEmbed, "conv": ConvStem}
+
+
 def resize_pos_embed(pos_embed: Tensor, new_grid: tuple[int, int], num_prefix: int = 1) -> Tensor:
     """Bicubically resample the patch part of a (1, prefix + gh*gw, D) position embedding
     to ``new_grid`` (rows, cols); the class-token entry is kept as it is.
@@ -207,7 +238,9 @@ class VisionTransformer(nn.Module):
         from tosa_bench.methods.base import TokenReducer
 
         self.cfg = cfg
-        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.embed_dim)
+        if cfg.stem not in STEMS:
+            raise OptionError(f"stem: expected one of {', '.join(STEMS)}, got {cfg.stem!r}")
+        self.patch_embed = STEMS[cfg.stem](cfg.patch_size, cfg.embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_tokens, cfg.embed_dim))
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.depth)])

@@ -19,6 +19,12 @@ Figures (file stem -> what it shows):
 - ``placements-keep<K>``: the selector placements of one method at one keep side by side
   (speed-up with interval, GMACs / dense, top-1 where measured).
 - ``peak-memory-vs-keep``: peak memory of one forward (MiB) per method; dense as a line.
+- ``object-share-vs-keep``: on a generated ``shapes`` set, the share of the object's patch
+  tokens each method let run or kept, with its chance as a dotted line.
+
+Runs that are seeds of one configuration (``aggregate``): each point is the mean over the
+runs, error bars ± the sample standard deviation (:mod:`tosa_bench.results.aggregate`),
+and the caption says so.
 - ``training-curves``: loss and top-k recall per epoch from a training run's
   ``metrics.jsonl`` (:func:`plot_training`).
 
@@ -182,11 +188,17 @@ def conditions(run: RunData, df: pd.DataFrame) -> str:
     return f"{models}; " + ", ".join(parts)
 
 
-def plot_data(run_dirs: Sequence[str | Path]) -> PlotData:
-    """Read ``run_dirs`` (RunStateError for one that is not a run or has no records)."""
+def plot_data(run_dirs: Sequence[str | Path] | Sequence[RunData], aggregate: bool = False) -> PlotData:
+    """Read ``run_dirs`` (RunStateError for one that is not a run or has no records);
+    ``aggregate``: they are seeds of one configuration, drawn as one run of means with
+    ±sd error bars (:mod:`tosa_bench.results.aggregate`)."""
     if not run_dirs:
         raise OptionError("plot: give at least one run directory")
-    runs = [load_run(p) for p in run_dirs]
+    runs = [p if isinstance(p, RunData) else load_run(p) for p in run_dirs]
+    if aggregate:
+        from tosa_bench.results.aggregate import aggregate_runs
+
+        runs = [aggregate_runs(runs)]
     labels = run_labels([r.path for r in runs])
     parts, conds, notes = [], {}, []
     for label, run in zip(labels, runs):
@@ -334,6 +346,7 @@ def tradeoff(data: PlotData, x: str, y: str) -> Drawn:
         rows = rows.sort_values(["keep", xcol])  # a curve follows the keep, point by point
         ax.plot(rows[xcol], rows[ycol], color=st.colour, marker=st.marker, ls=_line_style(data, run, variant, curve),
                 label=_series_label(data, run, variant, curve, curves_of))
+        _error_bars(ax, rows[xcol], rows[ycol], _spread(rows, ycol), st.colour, variant)
         for xv, yv, lab in zip(rows[xcol], rows[ycol], rows["point_label"]):
             if lab:
                 ax.annotate(lab, (xv, yv), xytext=(3, 3), textcoords="offset points", fontsize=6, color=st.colour)
@@ -342,6 +355,7 @@ def tradeoff(data: PlotData, x: str, y: str) -> Drawn:
         st = method_style(registry.DENSE)
         ax.plot(rows[xcol], rows[ycol], ls="none", marker=st.marker, markersize=9, color=st.colour,
                 label=st.label + (f" [{run}]" if len(data.runs) > 1 else ""), zorder=5)
+        _error_bars(ax, rows[xcol], rows[ycol], _spread(rows, ycol), st.colour, registry.DENSE)
     idx = pareto_front(pts[xcol].astype(float).tolist(), pts[ycol].astype(float).tolist(),
                        x_lower_better=x_lower, y_higher_better=y_higher)
     front = pts.iloc[idx]
@@ -353,7 +367,7 @@ def tradeoff(data: PlotData, x: str, y: str) -> Drawn:
     count_col = "n_images" if y in ("top1", "top5") else "depth_n_images"
     counts = sorted({int(v) for v in pd.to_numeric(pts.get(count_col, pd.Series(dtype=float)), errors="coerce").dropna()})
     scored = f" {y} on {', '.join(map(str, counts))} images." if counts else ""
-    return Drawn(fig, f"{ylabel} against {xlabel}", "Labels: keep (ToMe: r)." + scored + note)
+    return Drawn(fig, f"{ylabel} against {xlabel}", "Labels: keep (ToMe: r)." + scored + note + _spread_note(pts, ycol))
 
 
 def speedup_vs_keep(data: PlotData) -> Drawn:
@@ -367,8 +381,9 @@ def speedup_vs_keep(data: PlotData) -> Drawn:
         st = method_style(variant)
         part = part.sort_values("keep")
         y = part["speedup"].astype(float)
-        low = pd.to_numeric(part["speedup_low"], errors="coerce").fillna(y)
-        high = pd.to_numeric(part["speedup_high"], errors="coerce").fillna(y)
+        sd = pd.Series(_spread(part, "speedup"), index=part.index) if _spread(part, "speedup") is not None else 0.0
+        low = pd.to_numeric(part["speedup_low"], errors="coerce").fillna(y - sd)
+        high = pd.to_numeric(part["speedup_high"], errors="coerce").fillna(y + sd)
         noisy = part["speedup_noisy"].map(lambda v: v is True).to_numpy()
         label = _series_label(data, run, variant, curve, curves_of)
         ax.errorbar(part["keep"], y, yerr=[(y - low).clip(lower=0), (high - y).clip(lower=0)], color=st.colour,
@@ -386,9 +401,59 @@ def speedup_vs_keep(data: PlotData) -> Drawn:
     ax.set_ylabel("speed-up over dense (×)")
     _legend(fig, [ax], ncol=2)
     hollow = bool(rows["speedup_noisy"].map(lambda v: v is True).any())
-    return Drawn(fig, "measured and ideal speed-up against keep",
-                 "Speed-up: median of paired rounds against dense, 95% interval as bars"
+    bars = ("mean of the runs' paired medians, ± sample sd over runs as bars" if _spread_note(rows, "speedup")
+            else "median of paired rounds against dense, 95% interval as bars")
+    return Drawn(fig, "measured and ideal speed-up against keep", "Speed-up: " + bars
                  + ("; hollow markers: interval wider than the noise threshold." if hollow else "."))
+
+
+def object_share_vs_keep(data: PlotData) -> Drawn:
+    """The share of the object's patch tokens each method let run or kept (mean over its
+    choosing blocks), against keep, with its chance (the share of all patch tokens it
+    chose) as a dotted line of the same colour."""
+    rows = _finite(_finite(data.df[(data.df["status"] == "ok") & ~data.df["_dense"]], "object_share"), "keep")
+    if rows.empty:
+        raise Skip("no object-token share in the run (it needs a generated shapes set as --imagenet, and a method that chooses tokens)")
+    fig, (ax,) = _new_figure()
+    curves_of = _curves_of(rows)
+    for (run, variant, curve), part in _series(rows):
+        st = method_style(variant)
+        part = part.sort_values("keep")
+        ax.plot(part["keep"], part["object_share"], color=st.colour, marker=st.marker, ls=_line_style(data, run, variant, curve),
+                label=_series_label(data, run, variant, curve, curves_of))
+        _error_bars(ax, part["keep"], part["object_share"], _spread(part, "object_share"), st.colour, variant)
+        ax.plot(part["keep"], part["object_chance"], ls=":", marker="_", markersize=8, color=st.colour, lw=1.0, label="_chance " + curve)
+    ax.plot([], [], ls=":", marker="_", markersize=8, color="0.3", label="chance (share of all patches chosen)")
+    ax.set_xlabel("keep (share of patch tokens kept)")
+    ax.set_ylabel("object tokens run or kept (%)")
+    ax.set_ylim(0, 102)
+    _legend(fig, [ax], ncol=2)
+    return Drawn(fig, "object-token share against keep",
+                 "Object tokens: patches the generated object covers (>= 10% of their pixels); share that ran the block "
+                 "(ToSA, random) or was kept (EViT), mean over the blocks that choose tokens." + _spread_note(rows, "object_share"))
+
+
+def _error_bars(ax: "Axes", x: Any, y: Any, sd: Any, colour: str, name: str) -> None:
+    """± ``sd`` bars at the points (x, y), labelled ``_spread <name>``; nothing for None."""
+    if sd is not None:
+        ax.errorbar(x, y, yerr=sd, ls="none", marker="none", color=colour, capsize=2, lw=0.9, label=f"_spread {name}")
+
+
+def _spread(rows: pd.DataFrame, col: str) -> Any:
+    """The ±sd error of ``col`` for rows that are means over runs (seeds), else None."""
+    if f"{col}_sd" not in rows or f"{col}_n" not in rows:
+        return None
+    n = pd.to_numeric(rows[f"{col}_n"], errors="coerce")
+    sd = pd.to_numeric(rows[f"{col}_sd"], errors="coerce").where(n > 1)
+    return None if sd.isna().all() else sd.fillna(0.0).to_numpy()
+
+
+def _spread_note(rows: pd.DataFrame, col: str) -> str:
+    """The caption's words for error bars from several runs ("" where there are none)."""
+    if _spread(rows, col) is None:
+        return ""
+    n = sorted({int(v) for v in pd.to_numeric(rows[f"{col}_n"], errors="coerce").dropna()})
+    return f" Means over {'/'.join(map(str, n))} runs (seeds); error bars: ± sample standard deviation."
 
 
 def pick_keep(df: pd.DataFrame, keep: float | None) -> float:
@@ -562,14 +627,16 @@ def _draw(builder: Callable[[], Drawn]) -> Drawn:
         return builder()
 
 
-def plot_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, *, x: Sequence[str] | None = None,
-              y: Sequence[str] | None = None, keep: float | None = None, formats: Sequence[str] = DEFAULT_FORMATS) -> FigureReport:
+def plot_runs(run_dirs: Sequence[str | Path] | Sequence[RunData], out_dir: str | Path, *, x: Sequence[str] | None = None,
+              y: Sequence[str] | None = None, keep: float | None = None, formats: Sequence[str] = DEFAULT_FORMATS,
+              aggregate: bool = False) -> FigureReport:
     """Draw every figure the runs support into ``out_dir`` (created); see module docstring.
 
     ``x``/``y`` choose the trade-off axes (default: GMACs and throughput against every
     accuracy metric the runs have); ``keep`` the keep of the per-keep figures (default:
-    the one closest to 0.5)."""
-    data = plot_data(run_dirs)
+    the one closest to 0.5); ``aggregate``: the runs are seeds of one configuration
+    (means with ±sd error bars, :func:`plot_data`)."""
+    data = plot_data(run_dirs, aggregate)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report = FigureReport(notes=list(data.notes))
@@ -588,6 +655,7 @@ def plot_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, *, x: Sequenc
     except Skip as why:
         report.skipped += [("tokens-per-block", str(why)), ("placements", str(why))]
     jobs.append(("peak-memory-vs-keep", lambda: memory_vs_keep(data)))
+    jobs.append(("object-share-vs-keep", lambda: object_share_vs_keep(data)))
     for stem, builder in jobs:
         try:
             drawn = _draw(builder)

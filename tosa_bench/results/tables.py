@@ -72,8 +72,15 @@ COLUMNS: dict[str, tuple[str, bool | None, str]] = {
     "delta1": ("δ1", True, "depth"),
     "absrel": ("AbsRel", False, "depth"),
     "rmse": ("RMSE (m)", False, "depth"),
+    "object_share": ("object tokens (%)", True, "pct"),
+    "object_chance": ("chance (%)", None, "pct"),
     "status": ("status", None, "text"),
 }
+#: table column -> the record field it shows, for the seed spread of aggregated runs
+#: (:mod:`tosa_bench.results.aggregate` writes ``<field>_sd`` and ``<field>_n``)
+SPREAD_SOURCES = {"top1": "top1", "top5": "top5", "delta1": "delta1", "absrel": "absrel", "rmse": "rmse",
+                  "speedup": "speedup_paired", "throughput": "throughput_img_s", "latency_ms": "latency_ms_p50",
+                  "peak_mem_mib": "peak_mem_mb", "object_share": "object_share_mean", "object_chance": "object_chance_mean"}
 
 
 # ------------------------------------------------------------------------- record check
@@ -166,6 +173,9 @@ def frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
                 "delta1": r.get("delta1"), "absrel": r.get("absrel"), "rmse": r.get("rmse"),
                 "weights": r.get("weights"), "accuracy_reason": r.get("accuracy_reason"),
                 "n_unreadable": r.get("n_unreadable"), "n_empty_classes": r.get("n_empty_classes"),
+                "object_share": _percent(r.get("object_share_mean")), "object_chance": _percent(r.get("object_chance_mean")),
+                **{f"{col}_{stat}": _percent(r.get(f"{src}_{stat}")) if col.startswith("object") and stat == "sd"
+                   else r.get(f"{src}_{stat}") for col, src in SPREAD_SOURCES.items() for stat in ("sd", "n")},
                 "status": r.get("status"), "error": r.get("error"), "config_hash": r.get("config_hash"),
                 "_order": order,
             })
@@ -193,6 +203,11 @@ def frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
     return df.drop(columns=["_dense_tp", "_dense_gmacs", "_keep_sort", "_variant_sort", "_order", "_paired"]).reset_index(drop=True)
 
 
+def _percent(share: Any) -> Any:
+    """A 0-1 share as percent (None stays None)."""
+    return share * 100.0 if isinstance(share, (int, float)) and not isinstance(share, bool) else share
+
+
 # ------------------------------------------------------------------------- formatting
 def _model_name(model: Any) -> str:
     """The short paper name of a timm model ("DeiT-S"), else the name itself."""
@@ -216,6 +231,8 @@ def _fmt(v: Any, kind: str) -> str:
         return f"{v:.1f}" if v >= 10 else f"{v:.3g}"
     if kind == "acc":
         return f"{v:.2f}"
+    if kind == "pct":
+        return f"{v:.1f}"
     if kind == "depth":
         return f"{v:.3f}"
     return str(v)
@@ -233,6 +250,8 @@ def display_columns(df: pd.DataFrame) -> list[str]:
     cols += ["method", "setting", "params_m", "gmacs", "gmacs_ratio", "throughput", "speedup", "latency_ms", "peak_mem_mib", "top1"]
     if df["delta1"].notna().any():
         cols += ["delta1", "absrel", "rmse"]
+    if df["object_share"].notna().any():
+        cols += ["object_share", "object_chance"]
     if (df["status"] != "ok").any():
         cols.append("status")
     return cols
@@ -251,9 +270,17 @@ def _cell(row: pd.Series, col: str) -> str:
         return "rand"  # random weights: a number, but not a result (caption says so)
     if col == "top1" and (_count(row.get("n_unreadable")) or _count(row.get("n_empty_classes"))):
         return _fmt(row[col], COLUMNS[col][2]) + "*"  # images skipped or classes empty: caption counts them
-    if col == "speedup":
-        return _speedup_cell(row)
-    return _fmt(row[col], COLUMNS[col][2])
+    text = _speedup_cell(row) if col == "speedup" else _fmt(row[col], COLUMNS[col][2])
+    return text + _spread_suffix(row, col) if text else text
+
+
+def _spread_suffix(row: pd.Series, col: str) -> str:
+    """`` ± sd (n)`` for a value that is a mean over several runs (seeds), else ""."""
+    n = row.get(f"{col}_n")
+    if col not in SPREAD_SOURCES or n is None or pd.isna(n) or int(n) < 2:
+        return ""
+    kind = "ratio" if col == "speedup" else COLUMNS[col][2]
+    return f" ± {_fmt(row[f'{col}_sd'], kind)} ({int(n)})"
 
 
 #: accuracy columns: shown as "rand" for a point measured with random weights
@@ -296,6 +323,13 @@ def caption(df: pd.DataFrame, env: dict[str, Any] | None) -> list[str]:
                  "speed-up and GMACs ratio vs dense of the same model/batch/dtype/device"
                  + (" (speed-up timed in alternating rounds with a dense twin: median of the rounds, 95% interval in"
                     f" brackets, 'noisy' where it is wider than +-{_threshold(df):.0%})." if "_paired_any" in df.attrs else "."))
+    ns = pd.to_numeric(df[[c for c in df.columns if c.endswith("_n")]].stack(), errors="coerce").dropna() if len(df) else []
+    if len(ns) and ns.max() > 1:
+        lines.append(f"Means over runs of one configuration (seeds): mean ± sample standard deviation (n runs); "
+                     f"a speed-up is then the mean of the runs' paired medians, without their intervals.")
+    if df["object_share"].notna().any():
+        lines.append("Object tokens: share of the generated object's patch tokens that ran the block (ToSA, random) or "
+                     "were kept (EViT), mean over the blocks that choose tokens; chance: share of all patch tokens chosen there.")
     reasons = [r for r in dict.fromkeys(df["accuracy_reason"].dropna()) if r]
     if reasons:
         lines.append("Accuracy n/m = not measured or flagged: " + " | ".join(reasons) + ".")

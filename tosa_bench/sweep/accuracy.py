@@ -13,6 +13,11 @@ Fields every record gets (None where not measured, ``accuracy_reason`` says why)
   (share of pixels, 0-1), ``absrel``, ``sqrel``, ``rmse`` (m), ``rmse_log``, ``log10``,
   ``silog``, ``depth_n_images``, ``depth_n_skipped``, ``depth_n_unreadable``,
   ``depth_n_nonfinite`` (NaN/inf predicted pixels: the metrics are then None);
+- on a generated ``shapes`` set (it knows each object's place): ``object_share`` and
+  ``object_chance`` (block -> share of the object's patch tokens the method let run or
+  kept, and of all patch tokens), ``object_share_mean`` / ``object_chance_mean`` over
+  those blocks (:mod:`tosa_bench.tasks.object_tokens`; None for dense and ToMe, which
+  choose no tokens, and on other data);
 - ``weights``: ``"checkpoint"`` or ``"random"`` (no checkpoint: accuracy is still
   measured, and flagged in ``accuracy_reason``); ``eval_batch_size``, ``eval_limit``.
 
@@ -32,8 +37,9 @@ if TYPE_CHECKING:  # the datasets and depth code (torchvision: seconds to import
     from tosa_bench.tasks.accuracy import DepthWeights
 
 CLASSIFICATION_FIELDS = ("top1", "top5", "n_images", "n_unreadable", "n_empty_classes")
+OBJECT_FIELDS = ("object_share", "object_chance", "object_share_mean", "object_chance_mean")
 DEPTH_FIELDS = (*DEPTH_METRIC_NAMES, "depth_n_images", "depth_n_skipped", "depth_n_unreadable", "depth_n_nonfinite")
-ACCURACY_FIELDS = (*CLASSIFICATION_FIELDS, *DEPTH_FIELDS, "weights", "accuracy_reason", "eval_batch_size", "eval_limit")
+ACCURACY_FIELDS = (*CLASSIFICATION_FIELDS, *OBJECT_FIELDS, *DEPTH_FIELDS, "weights", "accuracy_reason", "eval_batch_size", "eval_limit")
 
 
 @dataclass
@@ -42,7 +48,9 @@ class AccuracyPlan:
     :func:`tosa_bench.sweep.inputs.validate_inputs` before anything is measured).
 
     ``imagenet``: (img_size, num_classes) -> dataset; ``nyu``: the NYU dataset;
-    ``depth``: model name -> depth weights; ``imagenet_path`` / ``nyu_path`` for reasons.
+    ``depth``: model name -> depth weights; ``imagenet_path`` / ``nyu_path`` for reasons;
+    ``objects``: the same keys as ``imagenet`` -> (images, patches) bool object tokens of
+    a generated ``shapes`` set (absent for other data).
     """
 
     imagenet_path: str | None = None
@@ -54,6 +62,7 @@ class AccuracyPlan:
     eval_batch_size: int | None = None
     num_workers: int = 0
     depth_input: tuple[int, int] | None = None
+    objects: dict[tuple[int, int], Any] = field(default_factory=dict)
 
     def evaluate(self, point: Point, stage: Callable[[str], None] = lambda _s: None) -> dict[str, Any]:
         """Accuracy fields for ``point`` (module docstring)."""
@@ -85,12 +94,19 @@ class AccuracyPlan:
         from tosa_bench.measure.spec import build_point_model
         from tosa_bench.tasks.evaluate import evaluate_classification
 
+        from tosa_bench.tasks.object_tokens import ObjectShare
+
         model = build_point_model(point)
         key = (model.cfg.img_size, model.cfg.num_classes)
-        res = evaluate_classification(model, self.imagenet[key], batch, point.device, point.dtype,
-                                      num_workers=self.num_workers, collate_fn=collate_skip_bad)
+        objects, share = self.objects.get(key), ObjectShare()
+
+        def observe(net: Any, positions: list[int]) -> None:
+            share.update(net.reducer.last_selection, objects[positions])
+
+        res = evaluate_classification(model, self.imagenet[key], batch, point.device, point.dtype, num_workers=self.num_workers,
+                                      collate_fn=collate_skip_bad, observer=observe if objects is not None else None)
         res["n_empty_classes"] = len(getattr(self.imagenet[key], "empty_classes", ()))
-        return {k: res[k] for k in CLASSIFICATION_FIELDS}
+        return {**{k: res[k] for k in CLASSIFICATION_FIELDS}, **share.compute()}
 
     def _depth(self, point: Point, batch: int) -> dict[str, Any]:
         from tosa_bench.measure.spec import build_point_model

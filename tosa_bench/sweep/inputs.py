@@ -18,7 +18,7 @@ DatasetError, OptionError) with one line naming the input; the sweep stops at on
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 from tosa_bench.data.loader import default_workers
 from tosa_bench.errors import DatasetError, OptionError
@@ -108,6 +108,7 @@ def validate_inputs(suite: Suite, points: Sequence[GridPoint]) -> AccuracyPlan:
             if isinstance(first, Unreadable):
                 raise DatasetError(f"imagenet: cannot decode the first image {first.path} ({first.reason})")
             plan.imagenet[key] = ds
+            plan.objects[key] = _object_tokens(ds, suite.imagenet, key[0], get_config(model).patch_size)
     if suite.depth_checkpoint and suite.nyu is None:
         raise OptionError("depth-checkpoint: depth weights given but no --nyu dataset to evaluate them on")
     if suite.nyu is not None:
@@ -133,3 +134,14 @@ def validate_inputs(suite: Suite, points: Sequence[GridPoint]) -> AccuracyPlan:
             depth_model_for(build_model(model, img_size=suite.img_size), weights)  # raises if it does not fit
             plan.depth[model] = weights  # type: ignore[assignment]
     return plan
+
+
+def _object_tokens(dataset: Any, data_root: str, img_size: int, patch_size: int) -> Any:
+    """The object tokens of every image of a generated ``shapes`` set (for the
+    ``object_share`` fields), or None for data without object annotations."""
+    from tosa_bench.tasks.object_tokens import dataset_object_tokens, find_annotations
+
+    found = find_annotations(data_root)
+    if found is None:
+        return None
+    return dataset_object_tokens(dataset.samples, found, img_size, patch_size, getattr(dataset, "crop_pct", 0.875))

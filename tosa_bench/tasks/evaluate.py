@@ -76,16 +76,24 @@ def _progress(loader: DataLoader, enabled: bool, description: str) -> Iterable:
 class _Batches:
     """The loader's usable batches as (images on ``device``, targets as given), behind a
     progress bar if asked; images the dataset could not read are counted in
-    ``unreadable`` and batches left empty by them are skipped."""
+    ``unreadable`` and batches left empty by them are skipped. ``positions`` holds the
+    dataset positions of the images of the batch last yielded (the loader keeps dataset
+    order; unreadable items, which carry their index, are left out)."""
 
     def __init__(self, loader: DataLoader, device: torch.device, progress: bool, description: str) -> None:
         self.loader, self.device, self.progress, self.description = loader, device, progress, description
         self.unreadable = 0
+        self.positions: list[int] = []
 
     def __iter__(self) -> Iterator[tuple[Tensor, Any]]:
+        start = 0
         for batch in _progress(self.loader, self.progress, self.description):
             images, targets, n_bad = _unpack(batch)
             self.unreadable += n_bad
+            n_items = (0 if images is None else int(images.shape[0])) + n_bad
+            bad = {int(getattr(item, "index", -1)) for item in batch[2]} if n_bad and isinstance(batch[2], list) else set()
+            self.positions = [i for i in range(start, start + n_items) if i not in bad][: n_items - n_bad]
+            start += n_items
             if images is not None:
                 yield images.to(self.device, non_blocking=True), targets
 
@@ -104,11 +112,14 @@ def evaluate_classification(
     limit: int | None = None,
     collate_fn: Callable | None = None,
     progress: bool = False,
+    observer: Callable[[nn.Module, list[int]], None] | None = None,
 ) -> dict[str, Any]:
     """Top-1/top-5 accuracy of ``model`` (images (B,3,S,S) -> logits (B,C)) on ``dataset``.
 
     Dataset items are ``(float32 [3,S,S] normalised image, int label)``; ``limit`` keeps
-    only the first ``limit`` items (in dataset order).
+    only the first ``limit`` items (in dataset order). ``observer(model, positions)``, if
+    given, is called after every batch's forward with the dataset positions of its images
+    (for what the forward left on the model, e.g. ``model.reducer.last_selection``).
 
     Returns:
         ``top1``, ``top5`` in percent (0-100), ``n_images`` (scored), ``n_unreadable``
@@ -126,6 +137,8 @@ def evaluate_classification(
             with autocast(dtype, device):
                 logits = model(images)
             acc.update(logits.float(), labels)
+            if observer is not None:
+                observer(model, batches.positions)
     return batches.result(acc.compute(), dtype, device)
 
 
