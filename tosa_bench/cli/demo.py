@@ -24,8 +24,8 @@ def _step(text: str) -> None:
 def demo_command(
     out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Where everything goes (default runs/demo-<time>).")] = None,
     seeds: Annotated[int, typer.Option("--seeds", min=1, max=20, help="Run the whole experiment for seeds 0..N-1 (data, weights, selector training); the summary gives mean ± sample sd.")] = 1,
-    epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Classifier epochs (default 5; --quick: 1).")] = None,
-    train_images: Annotated[Optional[int], typer.Option("--train-images", min=100, help="Generated training images (default 12000; --quick: 600).")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Classifier epochs (default 4; --quick: 1).")] = None,
+    train_images: Annotated[Optional[int], typer.Option("--train-images", min=100, help="Generated training images (default 10000; --quick: 600).")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")] = "auto",
     quick: Annotated[bool, typer.Option("--quick", help="Smoke test: every step and every method's accuracy on a tenth of the data, one epoch each; the numbers are not results.")] = False,
 ) -> None:

@@ -53,9 +53,9 @@ class DemoConfig:
 
     keeps: tuple[float, ...] = (0.25, 0.5, 0.75)
     seeds: int = 1
-    train_images: int = 12000
+    train_images: int = 10000
     val_images: int = 1000
-    epochs: int = 5
+    epochs: int = 4
     batch_size: int = 64
     lr: float = 2e-3
     min_crop_scale: float = 0.8

@@ -655,7 +655,8 @@ def plot_runs(run_dirs: Sequence[str | Path] | Sequence[RunData], out_dir: str |
     except Skip as why:
         report.skipped += [("tokens-per-block", str(why)), ("placements", str(why))]
     jobs.append(("peak-memory-vs-keep", lambda: memory_vs_keep(data)))
-    jobs.append(("object-share-vs-keep", lambda: object_share_vs_keep(data)))
+    if data.df["object_share"].notna().any():  # only runs on generated, annotated data have it
+        jobs.append(("object-share-vs-keep", lambda: object_share_vs_keep(data)))
     for stem, builder in jobs:
         try:
             drawn = _draw(builder)
