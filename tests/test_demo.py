@@ -58,3 +58,20 @@ def test_demo_quick_end_to_end(tmp_path):
     assert "at keep 0.5" in res.output and "ToSA (untrained)" in res.output
     res = runner.invoke(app, ["demo", "--quick", "--device", "cpu", "--out", str(out)])
     assert res.exit_code == 2 and "not empty" in res.output
+
+
+def test_committed_demo_summary_is_its_seed_runs():
+    """results/demo-cpu-2core/summary is the aggregate of the committed seed runs: every
+    number in the README's demo figure traces back to a sweep record."""
+    from pathlib import Path
+
+    from tosa_bench.results.aggregate import aggregate_records
+
+    root = Path(__file__).resolve().parents[1] / "results" / "demo-cpu-2core"
+    summary = json.loads((root / "summary" / "summary.json").read_text())
+    seeds = sorted(root.glob("seed-*"))
+    assert summary["seeds"] == len(seeds) >= 1
+    per_seed = [load_run(s / "sweep").records + load_run(s / "sweep-untrained").records for s in seeds]
+    again = json.loads(json.dumps(aggregate_records(per_seed), default=str))
+    fields = ("variant", "options", "selector", "top1", "delta1", "absrel", "speedup_paired", "object_share", "object_share_mean", "gmacs")
+    assert [{k: r.get(k) for k in fields} for r in again] == [{k: r.get(k) for k in fields} for r in summary["records"]]
