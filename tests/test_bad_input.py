@@ -171,6 +171,7 @@ CASES = [
     ("check-baseline-missing", ["check", "--baseline", "{dir}/nope.json", "--run", "{run}"], ["nope.json", "--update-baseline"]),
     ("check-baseline-not-json", ["check", "--baseline", "{garbage}", "--run", "{run}"], ["garbage.pth"]),
     ("check-neither", ["check", "--baseline", "{dir}/b.json"], ["--suite", "--run"]),
+    ("check-on-noisy", ["check", "--baseline", str(BASELINE), "--run", "{run}", "--on-noisy", "maybe"], ["--on-noisy", "'maybe'", "'pass'", "'fail'"]),
     # figures and training (their own tests cover the rest)
     ("plot-missing", ["plot", "{dir}/nope"], ["nope", "not found"]),
     ("plot-out-under-file", ["plot", "{run}", "--out", "{under_file}"], ["--out", "afile is a file"]),

@@ -14,7 +14,7 @@ import pytest
 import tomli_w
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from tosa_bench.cli.common import MAX_SIDE, parse_int_list, parse_keep, parse_size  # noqa: E402
@@ -67,6 +67,7 @@ def test_size_parser(text, square):
 
 @FEW
 @given(typed, st.integers(1, 24))
+@example("--0", 12)  # found by this test: two minus signs reached int() and a ValueError escaped
 def test_placement_parser(text, depth):
     blocks = _valid_or_user_error(parse_placement, text, depth)
     if blocks is not None:

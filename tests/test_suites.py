@@ -72,6 +72,8 @@ def _write(tmp_path: Path, text: str) -> Path:
     ('[measure]\nwarmup = "ten"\n', "measure.warmup", "an integer"),
     ("[measure]\ntiming = 1\n", "measure.timing", "true or false"),
     ("[measure]\ntime_budget_s = -1\n", "measure.time_budget_s", "seconds"),
+    ("[gate]\nremeasure_budget_s = -5\n", "gate.remeasure_budget_s", "seconds >= 0 (0: never)"),
+    ('[gate]\nremeasure_budget_s = "1m"\n', "gate.remeasure_budget_s", "seconds >= 0 (0: never)"),
     ('[weights]\ncheckpoint = {resnet = "a.pth"}\n', "weights.checkpoint.resnet", "a model of grid.models"),
     ("[data]\ndepth_input = [480]\n", "data.depth_input", "two positive integers"),
     ('[grid]\nmatch = "gmacs"\ntome_r = [8]\n', "grid.tome_r", "no explicit ToMe r"),
@@ -108,6 +110,8 @@ evit_locations = [3, 6, 9]
 checkpoint = "w/deit.pth"
 [measure]
 time_budget_s = 0
+[gate]
+remeasure_budget_s = 0
 """)
     s = load_suite(p)
     assert s.batch_size == {"cpu": (4,), "cuda": (32, 64)} and s.dtypes["cuda"] == ("fp16", "bf16")
@@ -116,6 +120,7 @@ time_budget_s = 0
     assert s.time_budget_s is None and s.settings().time_budget_s is None
     again = from_dict(to_dict(s), source="again")
     assert again.batch_size == s.batch_size and again.placements == s.placements and again.time_budget_s is None
+    assert s.remeasure_budget_s == again.remeasure_budget_s == 0.0 and Suite().remeasure_budget_s == 60.0  # 0: the gate never re-measures
 
 
 def test_overrides_are_validated_with_option_names():

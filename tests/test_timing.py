@@ -765,3 +765,45 @@ def test_median_interval_at_low_levels_reaches_the_median_and_one_step_stats() -
     assert (one.p10_s, one.p90_s, one.iqr_s, one.median_s) == (0.5, 0.5, 0.0, 0.5)
     with pytest.raises(ValueError, match="^TimingStats needs at least one timed step$"):
         TimingStats((), 0, 0.0, 1, False, "fake", 1)
+
+
+def test_remeasured_speedup_pools_the_rounds_of_every_measurement(monkeypatch) -> None:
+    """remeasure_speedup adds the new rounds to the record's own and recomputes every
+    speed-up field from all of them: median, 95% interval and its coverage, the noisy
+    flag at the settings' threshold, range, efficiency, rounds, pair_measurements; the
+    other fields stay the record's. A record without rounds is refused."""
+    import tosa_bench.measure.timing as timing
+    from tosa_bench.measure.point import remeasure_speedup
+    from tosa_bench.measure.spec import Point, Settings
+    from tosa_bench.measure.timing import PairedStats, median_interval
+
+    new_rounds = (2.0, 2.1, 1.9, 2.0, 2.05, 1.95)
+    seen: dict[str, Any] = {}
+
+    def fake_paired(step_a, step_b, timer, **kw):
+        seen.update(kw)
+        step_a(), step_b()
+        s = TimingStats((0.002,) * 6, 1, 0.002, 6, False, "fake", 1)
+        return PairedStats(s, s, new_rounds)
+
+    monkeypatch.setattr(timing, "measure_paired", fake_paired)
+    old_rounds = [0.5, 4.0, 2.2, 0.9, 1.8, 3.5]  # a noisy first measurement
+    previous = {"speedup_paired": 2.0, "speedup_paired_rounds": old_rounds, "speedup_paired_noisy": True, "speedup_ideal": 4.0,
+                "throughput_img_s": 123.0, "status": "ok", "pair_rounds": 6}
+    point = Point("test_tiny", "random", {"keep": 0.5}, batch_size=2, device="cpu")
+    settings = Settings(latency=False, memory=False, pair_min_rounds=6, noise_threshold=0.2)
+    rec = remeasure_speedup(point, settings, previous)
+    pooled = old_rounds + list(new_rounds)
+    low, high, coverage = median_interval(pooled)
+    assert rec["speedup_paired_rounds"] == pooled and rec["pair_rounds"] == 12 and rec["pair_measurements"] == 2
+    assert rec["speedup_paired"] == statistics.median(pooled) == 2.0
+    assert (rec["speedup_paired_ci_low"], rec["speedup_paired_ci_high"], rec["speedup_paired_ci_coverage"]) == (low, high, coverage)
+    assert (low, high) == (1.8, 2.2)  # 12 rounds: the 3rd and 10th sorted; the first measurement alone: (0.5, 4.0)
+    assert rec["speedup_paired_noisy"] is False and rec["speedup_efficiency"] == 0.5  # +-10% < 20%; 2.0 of the ideal 4.0
+    assert (rec["speedup_paired_min"], rec["speedup_paired_max"]) == (0.5, 4.0)
+    assert rec["throughput_img_s"] == 123.0 and previous["speedup_paired_rounds"] == old_rounds  # the rest is kept, the input untouched
+    assert seen["min_rounds"] == 6
+    again = remeasure_speedup(point, Settings(latency=False, memory=False, noise_threshold=0.01), rec)
+    assert again["pair_measurements"] == 3 and again["pair_rounds"] == 18 and again["speedup_paired_noisy"] is True  # wider than +-1%
+    with pytest.raises(ValueError, match="no paired rounds"):
+        remeasure_speedup(point, settings, {"speedup_paired": None})

@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import typer
 
 from tosa_bench.cli.common import app, guarded, out, output_file, say
 from tosa_bench.errors import OptionError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tosa_bench.sweep.grid import GridPoint
+    from tosa_bench.sweep.suite import Suite
 
 
 class CompareFormat(str, Enum):
@@ -62,18 +67,33 @@ def _summary(cmp) -> list[str]:
     return lines
 
 
+class OnNoisy(str, Enum):
+    pass_ = "pass"
+    fail = "fail"
+
+
 CHECK_HELP = """Regression gate: run a suite (or read --run DIR), compare it with a baseline,
 and exit 0 when nothing regressed, 1 on a regression, 2 on bad input.
 
 Deterministic metrics (params, GMACs, tokens per block, accuracy on a fixed subset) must
 match exactly. Time (the paired speed-up) and memory (peak / dense's peak) are ratios to
 dense measured in the same run; a change fails only when it is beyond the suite's
-tolerance ([gate] tolerance, default 10%) and outside the noise (the 95% intervals do not
+tolerance (\\[gate] tolerance, default 10%) and outside the noise (the 95% intervals do not
 overlap). A baseline from another device, CPU or torch version is reported as such and
-its time/memory are not compared. --update-baseline writes the run as the new baseline.
+its time/memory are not compared.
+
+A speed-up beyond the tolerance but inside the noise cannot be judged: the gate measures
+that point again (pooling its rounds, a few times at most, within the suite's
+\\[gate] remeasure_budget_s, default 60 s) and judges again; so are a regression and a
+"same" judged on an interval wider than the suite's noise threshold. What is still noisy
+is reported as such; --on-noisy says what it does to the gate (default pass).
+
+--update-baseline writes the run as the new baseline; points whose interval is wider than
+the suite's noise threshold are measured again first (same budget), and those still that
+wide are named.
 
 Writes check.md (for a CI summary or a pull-request comment) and check.json into the
-run directory, or to --markdown/--json.
+run directory, or to --markdown/--json. More: docs/gate.md.
 """
 
 
@@ -84,30 +104,55 @@ def check_command(
     suite: Optional[Path] = typer.Option(None, "--suite", help="Suite to run (file or a name in suites/, e.g. ci)."),
     run: Optional[Path] = typer.Option(None, "--run", help="Compare this finished run instead of running the suite."),
     update_baseline: bool = typer.Option(False, "--update-baseline", help="Write the run as the new baseline (with its environment) and exit 0."),
+    on_noisy: OnNoisy = typer.Option(OnNoisy.pass_, "--on-noisy", help="A speed-up still noisy after re-measuring (beyond the tolerance, inside the noise): pass (default: reported, the gate passes) or fail (exit 1)."),
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory for the suite (default runs/check-<suite>-<UTC time>)."),
     markdown: Optional[Path] = typer.Option(None, "--markdown", help="Also write the Markdown report here (e.g. $GITHUB_STEP_SUMMARY)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the JSON report here."),
 ) -> None:
     from tosa_bench.results import load_run
-    from tosa_bench.results.check import check_run, gate_failures, make_baseline, read_baseline, write_json
+    from tosa_bench.results.check import (check_run, gate_failures, make_baseline, noisy_lines, noisy_points, read_baseline,
+                                          still_noisy, undecided, write_json)
     from tosa_bench.results.compare import rich_table, to_markdown
 
     if (suite is None) == (run is None):
         raise OptionError("check: give exactly one of --suite (run it now) and --run DIR (a finished run)")
     base = None if update_baseline else read_baseline(baseline)  # bad input stops us before any measuring
-    run_dir, tolerances, name = _run_dir(suite, run, out_dir)
-    data = load_run(run_dir)
+    judged = _run_dir(suite, run, out_dir)
+    run_dir, tolerances, name = judged.path, dict(judged.suite.tolerance), judged.suite.name
     if update_baseline:
+        make_baseline(load_run(run_dir), name)  # a run with failed points is refused before anything is measured again
+        notes = _remeasure(judged, lambda: noisy_points(load_run(run_dir)), "speed-ups wider than the noise threshold")
+        data = load_run(run_dir)
         write_json(baseline, make_baseline(data, name))
+        for line in notes:
+            out.print(f"note: {line}", highlight=False, markup=False)
         out.print(f"baseline written: {baseline} ({len(data.records)} points from {run_dir})", highlight=False, markup=False)
+        wide = noisy_lines(data, judged.suite.noise_threshold)
+        for line in wide:
+            say(line, prefix="noisy baseline point:", style="yellow")
+        if wide:
+            say(f"{len(wide)} of {len(data.records)} points of {baseline} are noisy (95% interval wider than "
+                f"+-{judged.suite.noise_threshold:.0%}): later checks cannot see changes inside those intervals; "
+                "remake it on a quieter machine or with a larger pair_budget_s / remeasure_budget_s", prefix="warning:", style="yellow")
         return
-    cmp = check_run(data, base, tolerances)
-    failures = gate_failures(cmp)
+    notes = _remeasure(judged, lambda: undecided(load_run(run_dir), base, tolerances),
+                       "speed-ups the gate could not judge (noisy) or judged on an interval wider than the noise threshold")
+    cmp = check_run(load_run(run_dir), base, tolerances)
+    cmp.notes += notes
+    noisy = still_noisy(cmp)
+    if noisy:
+        effect = "fail the gate (--on-noisy fail)" if on_noisy is OnNoisy.fail else "pass (--on-noisy pass)"
+        cmp.notes.append(f"{len(noisy)} metric(s) still noisy, not judged, {effect}: "
+                         + "; ".join(f"{r.point} {r.metric} ({r.why})" for r in noisy))
+    failures = gate_failures(cmp, on_noisy.value)
     title = f"tosa-bench check: {run_dir.name} against {baseline}"
     report = to_markdown(cmp, title)
     verdict = ("**FAILED**: " + "; ".join(failures)) if failures else "passed: nothing regressed"
+    if noisy and not failures:
+        verdict += f" ({len(noisy)} still noisy, not judged: --on-noisy pass)"
     report += "\n" + verdict + "\n"
-    doc = {**cmp.to_json(), "passed": not failures, "failures": failures, "baseline": str(baseline), "run": str(run_dir)}
+    doc = {**cmp.to_json(), "passed": not failures, "failures": failures, "on_noisy": on_noisy.value,
+           "still_noisy": [r.point for r in noisy], "baseline": str(baseline), "run": str(run_dir)}
     for target, text in ((run_dir / "check.md", report), (markdown, report)):
         if target is not None:
             with output_file(target, "--markdown") as fh:
@@ -125,16 +170,27 @@ def check_command(
     out.print(f"gate passed (report: {run_dir / 'check.md'})", highlight=False, markup=False)
 
 
-def _run_dir(suite: Optional[Path], run: Optional[Path], out_dir: Optional[Path]) -> tuple[Path, dict, Optional[str]]:
-    """The run to judge, the suite's gate tolerances and its name: --run as given (its
-    stored suite), or the suite measured now into a fresh directory."""
+@dataclass
+class _Judged:
+    """The run the gate judges: its directory, suite and grid; ``fresh``: measured now by
+    this command (else a finished run given with --run)."""
+
+    path: Path
+    suite: "Suite"
+    grid: "list[GridPoint]"
+    fresh: bool
+
+
+def _run_dir(suite: Optional[Path], run: Optional[Path], out_dir: Optional[Path]) -> _Judged:
+    """The run to judge with its suite (tolerances, name, re-measure budget) and grid:
+    --run as given (its stored suite), or the suite measured now into a fresh directory."""
     from tosa_bench.results.store import RunStore
     from tosa_bench.sweep.session import plan_new, read_resolved
     from tosa_bench.sweep.suite import load_suite
 
     if run is not None:
-        stored, _, _, _ = read_resolved(RunStore.existing(run))
-        return Path(run), dict(stored.tolerance), stored.name
+        stored, grid, _, _ = read_resolved(RunStore.existing(run))
+        return _Judged(Path(run), stored, grid, fresh=False)
     from tosa_bench.cli.sweep import run_plan
 
     resolved = load_suite(suite)
@@ -143,5 +199,45 @@ def _run_dir(suite: Optional[Path], run: Optional[Path], out_dir: Optional[Path]
         out_dir = Path("runs") / f"check-{resolved.name}-{stamp}"
     plan = plan_new(resolved, out_dir)
     run_plan(plan, figures=False)  # the gate judges numbers; `tosa-bench plot RUN` draws its figures
-    return plan.store.path, dict(resolved.tolerance), resolved.name
+    return _Judged(plan.store.path, plan.suite, plan.grid, fresh=True)
 
+
+def _remeasure(judged: _Judged, wanted: Callable[[], list[str]], what: str) -> list[str]:
+    """Measure again the points ``wanted()`` names, within the suite's budget; the notes
+    that say what was done (or why nothing could be). A finished run (--run) is measured
+    again only on the kind of machine it was measured on, under its lock."""
+    from tosa_bench.results import load_run
+    from tosa_bench.results.check import environment_diff
+    from tosa_bench.sweep import lock
+    from tosa_bench.sweep.runner import REMEASURE_TRIES, remeasure_points
+    from tosa_bench.results.store import RunStore
+    from tosa_bench.sweep.session import write_tables
+
+    first = wanted()
+    if not first:
+        return []
+    budget = judged.suite.remeasure_budget_s
+    if budget <= 0:
+        return [f"{len(first)} point(s) with {what} not measured again ([gate] remeasure_budget_s = 0)"]
+    if not judged.fresh:
+        from tosa_bench.measure.env import environment_record
+
+        env = load_run(judged.path).env or {}
+        diff = environment_diff(env, environment_record(device=env.get("device")))
+        if diff:
+            return [f"{len(first)} point(s) with {what} not measured again: the run was measured on another machine ({diff})"]
+    taken = lock.acquire(judged.path)
+    try:
+        store = RunStore(judged.path)
+        done = remeasure_points(wanted, judged.grid, store, judged.suite.settings(), budget,
+                                progress=lambda line: say(line, prefix="gate:"))
+        write_tables(store)
+    finally:
+        if taken:
+            lock.release(judged.path)
+    left = wanted()
+    notes = [f"measured again {len(done.times)} point(s) with {what}: {done.total} re-measurement(s) (at most {REMEASURE_TRIES} each) "
+             f"in {done.spent_s:.0f} s of the {budget:g} s budget ([gate] remeasure_budget_s); "
+             + (f"{len(left)} still so" if left else "none left") + ("; the budget ran out" if done.out_of_budget else "")]
+    notes += [f"re-measuring failed: {e}" for e in done.errors]
+    return notes

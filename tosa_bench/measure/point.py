@@ -19,7 +19,10 @@ Record units and conventions (every record says them in ``conventions``):
   ABBA order after interleaved warm-up (:func:`tosa_bench.measure.timing.measure_paired`).
   Ratios between separately timed points on a shared machine drift by tens of percent,
   paired ones do not. With ``Settings.pair_dense`` dense is paired with a second dense
-  instance (the A/A check: it must read 1.00).
+  instance (the A/A check: it must read 1.00). A speed-up the regression gate measured
+  again (:func:`remeasure_speedup`) pools the rounds of every measurement:
+  ``speedup_paired_rounds`` holds them all and ``pair_measurements`` says how many
+  measurements they came from (absent: one).
   ``speedup_ideal`` = dense GMACs / the point's GMACs (formula), ``speedup_efficiency``
   = ``speedup_paired`` / ``speedup_ideal``. ``benchmarks/tosa_speedup.py`` reports the
   same fields from the same code.
@@ -43,7 +46,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -155,11 +158,22 @@ def _throughput(model, point: Point, settings: Settings, device: str) -> dict[st
     ``speedup_paired`` is a ratio measured under the same conditions; dense, or
     ``paired=False``, is timed alone. Without a checkpoint the dense twin takes the
     variant's backbone weights, so the two differ only in the method."""
-    from tosa_bench.measure.timing import default_timer, measure_paired, measure_throughput
+    from tosa_bench.measure.timing import measure_throughput
 
     if not settings.paired or (registry.is_dense(point.variant) and not settings.pair_dense):
         tp = measure_throughput(model, point.batch_size, model.cfg.img_size, device, point.dtype, settings.warmup, settings.repeats, settings.time_budget_s, point.compile)
         return _throughput_fields(tp["images_per_s"], tp["images_per_s_low"], tp["images_per_s_high"], tp["step_time_s_median"], tp["step_time_s_p10"], tp["step_time_s_p90"], tp["repeats"], tp["warmup_steps"], tp["timer"])
+    pair = _paired(model, point, settings, device)
+    b, a = pair.b, pair.a
+    out = _throughput_fields(point.batch_size / b.median_s, point.batch_size / b.max_s, point.batch_size / b.min_s, b.median_s, b.p10_s, b.p90_s, b.repeats, b.warmup_steps, b.timer)
+    out.update(dense_throughput_img_s_paired=point.batch_size / a.median_s, **_speedup_fields(pair, settings))
+    return out
+
+
+def _paired(model, point: Point, settings: Settings, device: str):
+    """``model`` timed against its dense twin (:func:`_throughput`): the PairedStats."""
+    from tosa_bench.measure.timing import default_timer, measure_paired
+
     dense = build_model(point.model, registry.DENSE, checkpoint=point.checkpoint, img_size=point.img_size)
     if point.checkpoint is None:
         dense.load_state_dict(model.state_dict(), strict=False)  # the method's own modules are not dense's
@@ -175,14 +189,15 @@ def _throughput(model, point: Point, settings: Settings, device: str) -> dict[st
 
         return step
 
-    pair = measure_paired(step_of(runners[0]), step_of(runners[1]), default_timer(dev), warmup=max(settings.warmup, int(point.compile)),
+    return measure_paired(step_of(runners[0]), step_of(runners[1]), default_timer(dev), warmup=max(settings.warmup, int(point.compile)),
                           steps_per_round=settings.pair_steps, min_rounds=settings.pair_min_rounds, max_rounds=settings.pair_rounds_max,
                           time_budget_s=settings.pair_budget, target_halfwidth=settings.pair_target)
-    b, a = pair.b, pair.a
-    out = _throughput_fields(point.batch_size / b.median_s, point.batch_size / b.max_s, point.batch_size / b.min_s, b.median_s, b.p10_s, b.p90_s, b.repeats, b.warmup_steps, b.timer)
+
+
+def _speedup_fields(pair, settings: Settings) -> dict[str, Any]:
+    """The speed-up fields of a record from a PairedStats (its round ratios alone)."""
     low, high, coverage = pair.interval
-    out.update(
-        dense_throughput_img_s_paired=point.batch_size / a.median_s,
+    return dict(
         speedup_paired=pair.speedup,
         speedup_paired_ci_low=low,
         speedup_paired_ci_high=high,
@@ -194,7 +209,29 @@ def _throughput(model, point: Point, settings: Settings, device: str) -> dict[st
         pair_rounds=len(pair.round_ratios),
         pair_steps=settings.pair_steps,
     )
-    return out
+
+
+def remeasure_speedup(point: Point, settings: Settings, previous: Mapping[str, Any]) -> dict[str, Any]:
+    """``previous`` (an ok record of ``point`` with a paired speed-up) with its speed-up
+    measured again and pooled: the new rounds are added to ``speedup_paired_rounds`` and
+    every speed-up field (median, 95% interval, noisy flag, range, efficiency) is
+    recomputed from all of them, so each re-measurement narrows the interval of a point
+    that load made noisy. ``pair_measurements`` counts the paired measurements pooled (a
+    record without it holds one). Only the speed-up is measured again; the other fields
+    stay ``previous``'s. The regression gate uses it (:mod:`tosa_bench.results.check`)."""
+    from tosa_bench.measure.timing import PairedStats
+
+    rounds = previous.get("speedup_paired_rounds")
+    if not rounds:
+        raise ValueError(f"{point.model}/{point.variant}: the record has no paired rounds to add to")
+    device = resolve_device(point.device)
+    model = build_point_model(point).to(device)
+    _check_finite(model, point, device)  # settles the chunk budgets before anything is timed, as measure_point does
+    pair = _paired(model, point, settings, device)
+    pooled = PairedStats(pair.a, pair.b, tuple(rounds) + pair.round_ratios, pair.level)
+    record = {**previous, **_speedup_fields(pooled, settings), "pair_measurements": int(previous.get("pair_measurements") or 1) + 1}
+    record["speedup_efficiency"] = _efficiency(record)
+    return record
 
 
 def _efficiency(record: dict[str, Any]) -> float | None:

@@ -103,7 +103,7 @@ def parse_placement(placement: str | Sequence[int], depth: int) -> tuple[int, ..
             if not 1 <= n <= depth - 1:
                 raise OptionError(f"placement: {placement!r} must name 1..{depth - 1} blocks")
             idx = list(range(depth - n, depth))
-        elif text and all(part.strip().lstrip("-").isdecimal() and part.isascii() for part in text.split(",")):
+        elif text and all(part.strip().removeprefix("-").isdecimal() and part.isascii() for part in text.split(",")):
             idx = [int(part) for part in text.split(",")]
         else:
             known = ", ".join(PLACEMENT_SCHEMES)

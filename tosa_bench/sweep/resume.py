@@ -46,7 +46,7 @@ DATA_SETTINGS = ("limit", "eval_batch_size", "depth_input")
 #: changes nothing measured
 FREE = ("num_workers",)
 #: not settings of the run
-IGNORED = ("name", "description", "points", "tolerance")
+IGNORED = ("name", "description", "points", "tolerance", "remeasure_budget_s")
 #: what makes the grid: judged by the grid, not by how it is written
 GRID = (*SCHEMA["grid"], "checkpoint", "selector")
 

@@ -21,6 +21,11 @@ is evaluated and a copy of its record with the accuracy fields filled is appende
 that a config hash's last record is its result (:func:`~tosa_bench.results.store.latest_by_hash`)
 makes that copy the point's one record for every reader.
 
+The regression gate measures again the points it cannot judge (:func:`remeasure_points`,
+within the suite's ``[gate] remeasure_budget_s``): each re-measurement is appended as the
+point's new record, whose speed-up pools the rounds of every measurement of the point
+(:func:`tosa_bench.measure.point.remeasure_speedup`).
+
 Every record carries: ``config_hash``, ``status``, ``error``, ``config`` (the full
 ``Point.config()``), the point's identity fields at top level (model, variant, options,
 keep, batch_size, dtype, device, img_size, checkpoint, selector, compile), the grid labels
@@ -240,3 +245,78 @@ def run_points(
         summary.records.append(record)
         progress.done(record)
     return summary
+
+
+#: how often one point is measured again at most, whatever the budget (its speed-up then
+#: pools the rounds of 1 + this many measurements)
+REMEASURE_TRIES = 3
+RemeasureFn = Callable[[Point, Settings, dict[str, Any]], dict[str, Any]]
+
+
+@dataclass
+class Remeasured:
+    """What :func:`remeasure_points` did: ``times`` (config hash -> re-measurements made),
+    ``spent_s`` (wall time), ``out_of_budget`` (it stopped with points still wanted),
+    ``errors`` (one line per point whose re-measurement failed; its record is kept)."""
+
+    times: dict[str, int] = field(default_factory=dict)
+    spent_s: float = 0.0
+    out_of_budget: bool = False
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return sum(self.times.values())
+
+
+def remeasure_points(
+    wanted: Callable[[], Sequence[str]],
+    grid: Sequence[GridPoint],
+    store: RunStore,
+    settings: Settings,
+    budget_s: float,
+    remeasure: RemeasureFn | None = None,
+    tries: int = REMEASURE_TRIES,
+    clock: Callable[[], float] = time.perf_counter,
+    progress: Callable[[str], None] | None = None,
+) -> Remeasured:
+    """Measure again, in passes, the points whose config hashes ``wanted()`` names (asked
+    anew before each pass, from what the store holds then), until none is wanted, each
+    was measured again ``tries`` times, or ``budget_s`` seconds of wall time are spent
+    (checked before each point: the point in flight finishes, so the budget is overrun
+    by at most one point's time). Each result is appended to ``store`` as the point's
+    new record (``remeasured_utc``, ``remeasure_elapsed_s``); a point whose
+    re-measurement fails keeps its record and is not tried again. ``remeasure`` (default
+    :func:`tosa_bench.measure.point.remeasure_speedup`) gets the point, ``settings`` and
+    its latest record."""
+    from tosa_bench.results.compare import point_label
+
+    if remeasure is None:
+        from tosa_bench.measure.point import remeasure_speedup as remeasure
+    by_hash = {gp.hash: gp for gp in grid}
+    done = Remeasured()
+    failed: set[str] = set()
+    while True:
+        todo = [h for h in wanted() if h in by_hash and h not in failed and done.times.get(h, 0) < tries]
+        if not todo:
+            return done
+        for h in todo:
+            if done.spent_s >= budget_s:
+                done.out_of_budget = True
+                return done
+            previous = store.latest()[h]
+            if progress is not None:
+                progress(f"re-measuring {point_label(previous)} ({done.times.get(h, 0) + 1} of at most {tries})")
+            t0 = clock()
+            try:
+                record = remeasure(by_hash[h].point, settings, previous)
+            except Exception as err:  # the point keeps the record it has
+                failed.add(h)
+                _free_cuda()
+                done.errors.append(f"{point_label(previous)}: {_first_line(err)}")
+            else:
+                record.update(remeasured_utc=_now(), remeasure_elapsed_s=clock() - t0)
+                with deferred():
+                    store.append(record)
+            done.times[h] = done.times.get(h, 0) + 1
+            done.spent_s += clock() - t0

@@ -53,6 +53,9 @@ which are the default run ``tosa-bench sweep``, also shipped as ``suites/quick.t
 
     [gate]                      # tosa-bench check: relative tolerance per ratio metric (default 0.10)
     tolerance = {speedup = 0.10, peak_mem_ratio = 0.10}
+    remeasure_budget_s = 60.0   # seconds (wall time) the gate may spend measuring again the
+                                # points it cannot judge (verdict noisy; with --update-baseline:
+                                # speed-ups wider than +-noise_threshold); 0: never
 
 Relative paths in a suite file resolve against the file's folder (on the command line:
 against the current directory); paths are stored absolute. A resolved suite (a run's
@@ -129,8 +132,10 @@ class Suite:
     pair_budget_s: float | None = 15.0
     noise_threshold: float = 0.05
     pair_dense: bool = False
-    # gate: ratio metric -> relative tolerance (tosa_bench.results.compare)
+    # gate: ratio metric -> relative tolerance (tosa_bench.results.compare); seconds the
+    # gate may spend re-measuring what it cannot judge (tosa_bench.results.check)
     tolerance: Mapping[str, float] = field(default_factory=dict)
+    remeasure_budget_s: float = 60.0
     source: str | None = None
 
     def settings(self) -> Settings:
@@ -169,7 +174,7 @@ SCHEMA: dict[str, tuple[str, ...]] = {
     "data": ("imagenet", "nyu", "limit", "eval_batch_size", "num_workers", "depth_input"),
     "measure": ("timing", "latency", "memory", "warmup", "repeats", "time_budget_s", "pair_min_rounds", "pair_budget_s",
                 "noise_threshold", "pair_dense"),
-    "gate": ("tolerance",),
+    "gate": ("tolerance", "remeasure_budget_s"),
 }
 IGNORED_SECTIONS = ("run", "points")  # written into a run's resolved suite.toml
 
@@ -381,9 +386,9 @@ def from_dict(doc: Mapping[str, Any], source: str = "suite", base_dir: Path | No
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 or math.isinf(v):
                 raise ctx.fail(name, "a number of seconds >= 0 (0: no budget)", v)
             out[key] = float(v) if v > 0 else None
-        elif key == "pair_budget_s":
+        elif key in ("pair_budget_s", "remeasure_budget_s"):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 or math.isinf(v):
-                raise ctx.fail(name, "a number of seconds >= 0 (0: no budget)", v)
+                raise ctx.fail(name, "a number of seconds >= 0 (0: " + ("no budget)" if key == "pair_budget_s" else "never)"), v)
             out[key] = float(v)
         elif key == "pair_min_rounds":
             out[key] = _int(ctx, name, v, 2)
