@@ -10,7 +10,7 @@ import math
 from typer.testing import CliRunner
 
 from tosa_bench.cli import app
-from tosa_bench.experiments.demo import MODEL
+from tosa_bench.experiments.demo import MODEL, PLACEMENT
 from tosa_bench.methods import registry
 from tosa_bench.methods.base import kept_count
 from tosa_bench.models.configs import get_config
@@ -45,7 +45,15 @@ def test_demo_quick_end_to_end(tmp_path):
     assert tosa and all(r["selector"] == str(out / "seed-0" / "selector" / "selectors.safetensors") for r in tosa)
     untrained = load_run(out / "seed-0" / "sweep-untrained").records
     assert len(untrained) == 3 and all(r["selector"] is None and r["top1"] is not None and r["object_share"] for r in untrained)
-    assert read_selector_metadata(out / "seed-0" / "selector" / "selectors.safetensors")["model"] == MODEL
+    meta = read_selector_metadata(out / "seed-0" / "selector" / "selectors.safetensors")
+    every_block_but_first = list(range(1, get_config(MODEL).depth))
+    assert meta["model"] == MODEL and meta["placement"] == ",".join(map(str, every_block_but_first))
+    # ToSA (both sweeps) and the random control choose in the same blocks the selectors were trained for
+    choosers = [r for r in run.records + untrained if r["variant"] in ("tosa", "random")]
+    assert len(choosers) == 9 and all(r["resolved_options"]["placement"] == every_block_but_first for r in choosers)
+    demo_record = json.loads((out / "demo.json").read_text())
+    assert demo_record["placement"] == PLACEMENT and demo_record["seed_wall_s"]["0"] > 0
+    assert demo_record["wall_s"] >= demo_record["seed_wall_s"]["0"]
     summary = json.loads((out / "summary" / "summary.json").read_text())
     assert summary["seeds"] == 1 and len(summary["records"]) == len(run.records) + 3  # + the untrained ToSA points
     assert "recall@0.5" in summary["selector_recall"]

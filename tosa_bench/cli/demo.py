@@ -5,9 +5,10 @@ data a 2-core CPU learns in minutes. This module only parses options and prints.
 from __future__ import annotations
 
 import json
+import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Callable, Optional
 
 import typer
 
@@ -15,8 +16,15 @@ from tosa_bench.cli.common import app, check_output_dir, guarded, out, say
 from tosa_bench.errors import RunStateError
 
 
-def _step(text: str) -> None:
-    out.print(f"\n== {text}", highlight=False, markup=False)
+def _stepper() -> Callable[[str], None]:
+    """A printer of step headings, each with the wall time since the stepper was made
+    (what a user reads to see where the minutes go)."""
+    start = time.monotonic()
+
+    def step(text: str) -> None:
+        out.print(f"\n== [{time.monotonic() - start:5.0f} s] {text}", highlight=False, markup=False, soft_wrap=True)
+
+    return step
 
 
 @app.command("demo")
@@ -43,20 +51,30 @@ def demo_command(
     if root.is_dir() and any(root.iterdir()):
         raise RunStateError(f"--out {root}: not empty; the demo writes into a new or empty directory")
     root.mkdir(parents=True, exist_ok=True)
-    (root / "demo.json").write_text(json.dumps({**demo.config_record(cfg), "device": dev, "quick": quick}, indent=1) + "\n")
+    record = {**demo.config_record(cfg), "device": dev, "quick": quick, "seed_wall_s": {}}
+    (root / "demo.json").write_text(json.dumps(record, indent=1) + "\n")
 
-    paths = [demo.run_seed(cfg, s, root / f"seed-{s}", dev, _step) for s in range(cfg.seeds)]
-    _step("token pictures of two validation images (seed 0)")
+    begin = time.monotonic()
+    step = _stepper()
+    paths = []
+    for s in range(cfg.seeds):
+        start = time.monotonic()
+        paths.append(demo.run_seed(cfg, s, root / f"seed-{s}", dev, step))
+        record["seed_wall_s"][str(s)] = round(time.monotonic() - start, 1)  # data, training and sweeps of one seed
+        (root / "demo.json").write_text(json.dumps(record, indent=1) + "\n")
+    step("token pictures of two validation images (seed 0)")
     _token_pictures(root, paths[0]["val"])
-    _step(f"summary over {cfg.seeds} seed(s)")
+    step(f"summary over {cfg.seeds} seed(s)")
     result = demo.summary(paths, root / "summary")
+    record["wall_s"] = round(time.monotonic() - begin, 1)  # everything, pictures and summary included
+    (root / "demo.json").write_text(json.dumps(record, indent=1) + "\n")
     _closing_lines(result["records"], result["recall"], cfg)
-    say(f"demo done: {root} (summary: {root / 'summary' / 'table.md'}; figures: {root / 'summary' / 'figures'})", prefix="")
+    say(f"demo done in {record['wall_s']:.0f} s: {root} (summary: {root / 'summary' / 'table.md'}; figures: {root / 'summary' / 'figures'})", prefix="")
 
 
 def _token_pictures(root: Path, val_dir: Path) -> None:
-    from tosa_bench.experiments.demo import MODEL
-    from tosa_bench.methods.registry import builtin_names, get, is_dense
+    from tosa_bench.experiments.demo import MODEL, PLACEMENT
+    from tosa_bench.methods.registry import Knobs, builtin_names, get, is_dense
     from tosa_bench.models.configs import get_config
     from tosa_bench.results.tokens import token_pictures
 
@@ -64,7 +82,7 @@ def _token_pictures(root: Path, val_dir: Path) -> None:
     images = sorted(val_dir.rglob("*.JPEG"))[:2]
     written = []
     for variant in (n for n in builtin_names() if not is_dense(n) and not get(n).control):  # ToSA, ToMe, EViT
-        options = get(variant).natural_options(0.5, get_config(MODEL))
+        options = get(variant).natural_options(0.5, get_config(MODEL), Knobs(placements=(PLACEMENT,)))
         selector = seed0 / "selector" / "selectors.safetensors" if get(variant).accepts_selector else None
         written += token_pictures(images, MODEL, variant, options, root / "tokens",
                                   checkpoint=seed0 / "classifier" / "checkpoint.safetensors", selector=selector, formats=("png",))
