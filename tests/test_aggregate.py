@@ -78,6 +78,24 @@ def test_records_of_one_configuration_are_averaged():
     assert rnd["object_share_mean"] == pytest.approx((0.5 + 0.5 + 0.65) / 3)
 
 
+def test_the_random_controls_seed_is_the_runs_seed_not_its_configuration():
+    """The demo draws the control's tokens with the run's seed: seeds 0, 1, 2 of one
+    configuration are one point of the aggregate, labelled with the seeds it holds; a
+    different keep stays a point of its own."""
+    from tosa_bench.results.tables import _setting
+
+    def seeded(records, seed):
+        return [dict(r, options={**r["options"], "seed": seed}, resolved_options={**r["options"], "seed": seed})
+                if r["variant"] == "random" else r for r in records]
+
+    other_keep = _rec("random", 60.0, keep=0.25, seed_dir="seed-2")
+    dense, rnd, *rest = aggregate_records([seeded(SEEDS[0], 0), seeded(SEEDS[1], 1), seeded(SEEDS[2] + [other_keep], 2)])
+    assert rnd["aggregated_runs"] == 3 and rnd["top1"] == pytest.approx(72.0) and rnd["options"]["seed"] == [0, 1, 2]
+    assert _setting(rnd) == "keep 0.5 @ alternate, seeds 0, 1, 2"
+    assert [r["top1"] for r in rest] == [60.0] and rest[0]["aggregated_runs"] == 1 and rest[0]["options"]["seed"] == 2
+    assert _setting(rest[0]) == "keep 0.25 @ alternate, seed 2"
+
+
 def test_a_point_missing_from_one_seed_has_a_smaller_n():
     seeds = [SEEDS[0], SEEDS[1][:1], SEEDS[2]]
     rnd = aggregate_records(seeds)[1]

@@ -54,11 +54,20 @@ def test_demo_quick_end_to_end(tmp_path):
     demo_record = json.loads((out / "demo.json").read_text())
     assert demo_record["placement"] == PLACEMENT and demo_record["seed_wall_s"]["0"] > 0
     assert demo_record["wall_s"] >= demo_record["seed_wall_s"]["0"]
+    # how many choosing blocks each rooms patch ran: shares over 0..K, and the mean every such choice has
+    coverage = json.loads((out / "seed-0" / "coverage.json").read_text())
+    assert set(coverage) == {"tosa", "random"}
+    for c in coverage.values():
+        k, blocks = kept_count(0.5, 48), len(every_block_but_first)  # rooms at 48 x 64 px: 6 x 8 = 48 patches
+        assert c["images"] > 0 and c["keep"] == 0.5
+        assert c["choosing_blocks"] == every_block_but_first and len(c["blocks_run_share"]) == blocks + 1
+        assert math.isclose(sum(c["blocks_run_share"]), 1.0) and math.isclose(c["blocks_run_mean"], blocks * k / 48)
     summary = json.loads((out / "summary" / "summary.json").read_text())
     assert summary["seeds"] == 1 and len(summary["records"]) == len(run.records) + 3  # + the untrained ToSA points
     assert "recall@0.5" in summary["selector_recall"]
     table = (out / "summary" / "table.md").read_text()
-    assert "object tokens per block" in table and "top-k recall" in table
+    assert "object tokens per block" in table and "top-k recall" in table and "How many blocks each patch ran" in table
+    assert set(summary["blocks_run"]) == {"tosa", "random"}
     figures = {p.name for p in (out / "summary" / "figures").iterdir()}
     assert {"tradeoff-top1-vs-gmacs.png", "tradeoff-delta1-vs-gmacs.png", "object-share-vs-keep.png", "speedup-vs-keep.png"} <= figures
     assert json.loads((out / "summary" / "env.json").read_text())["device"] == "cpu"

@@ -119,7 +119,7 @@ def test_tradeoff_draws_the_points_and_the_front(run):
     # tosa .5 half (3.2, 77), tome (2.5, 77.5), evit (2.0, 76): the front by cost
     assert list(front.get_xdata()) == [2.0, 2.5, 3.2, 3.6, 4.0]
     assert list(front.get_ydata()) == [76.0, 77.5, 78.0, 79.5, 79.8]
-    alt = _line(drawn.figure, "ToSA (alternate)")
+    alt = _line(drawn.figure, "ToSA (alternate, untrained selectors)")
     assert list(alt.get_xdata()) == [3.2, 3.6] and list(alt.get_ydata()) == [78.0, 79.5]  # ordered by keep
     dense = _line(drawn.figure, "Dense")
     assert dense.get_marker() == "*" and list(dense.get_xdata()) == [4.0]
@@ -133,14 +133,14 @@ def test_speedup_figure_values_interval_and_ideal(run):
     ax = fig.axes[0]
     ideal = [ln for ln in ax.get_lines() if ln.get_label() == "_ideal EViT"]
     assert len(ideal) == 1 and list(ideal[0].get_ydata()) == pytest.approx([DENSE_GMACS / 2.0])
-    # the error bars of ToSA (alternate): from the interval, not from anything else
-    bars = [c for c in ax.containers if c.get_label() == "_ToSA (alternate)"]
+    # the error bars of ToSA (alternate, untrained selectors): from the interval, not from anything else
+    bars = [c for c in ax.containers if c.get_label() == "_ToSA (alternate, untrained selectors)"]
     assert len(bars) == 1
     segments = bars[0].lines[2][0].get_segments()
     spans = sorted((round(s[0][1], 9), round(s[1][1], 9)) for s in segments)
     assert spans == [(1.02, 1.2), (1.15, 1.25)]
     # the noisy point (keep 0.7) is drawn hollow, the precise one filled
-    hollow = [ln for ln in ax.get_lines() if ln.get_label() == "_noisy ToSA (alternate)"]
+    hollow = [ln for ln in ax.get_lines() if ln.get_label() == "_noisy ToSA (alternate, untrained selectors)"]
     assert len(hollow) == 1 and list(hollow[0].get_xdata()) == [0.7] and hollow[0].get_markerfacecolor() == "white"
 
 
@@ -150,8 +150,8 @@ def test_tokens_per_block_figure_draws_the_record_counts(run):
     heights = {}
     for container in fig.axes[0].containers:
         heights[container.get_label()] = [p.get_height() for p in container.patches]
-    assert heights["ToSA (alternate)"] == ALT
-    assert heights["ToSA (second-half)"] == HALF
+    assert heights["ToSA (alternate, untrained selectors)"] == ALT
+    assert heights["ToSA (second-half, untrained selectors)"] == HALF
     assert heights["EViT"] == [197] * 12  # attention tokens, not those handed on
 
 

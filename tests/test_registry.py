@@ -220,6 +220,9 @@ LABEL_CASES = [
     ("tosa", {"keep": 0.5, "placement": [1, 3]}, {"placement_label": "alternate"}, "keep 0.5 @ alternate", "alternate"),
     ("tosa", {"keep": 0.5}, {}, "keep 0.5 @ default", "default"),
     ("tosa", {"keep": 0.25, "placement": "all", "importance": "mean"}, {"selector": None}, "keep 0.25 @ all", "all"),
+    ("tosa", {"keep": 0.25, "placement": "all"}, {"selector": None, "weights": "checkpoint"}, "keep 0.25 @ all",
+     "all, untrained selectors"),  # a trained backbone: the curve says its selectors were not trained
+    ("random", {"keep": 0.5, "placement": [2, 4], "seed": 1}, {"weights": "checkpoint"}, "keep 0.5 @ 2,4, seed 1", "2,4, seed 1"),
     (
         "tosa",
         {"keep": 0.7, "placement": "all", "importance": "cls"},

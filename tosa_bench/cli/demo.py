@@ -69,6 +69,7 @@ def demo_command(
     record["wall_s"] = round(time.monotonic() - begin, 1)  # everything, pictures and summary included
     (root / "demo.json").write_text(json.dumps(record, indent=1) + "\n")
     _closing_lines(result["records"], result["recall"], cfg)
+    _coverage_line(result["blocks_run"])
     say(f"demo done in {record['wall_s']:.0f} s: {root} (summary: {root / 'summary' / 'table.md'}; figures: {root / 'summary' / 'figures'})", prefix="")
 
 
@@ -111,3 +112,14 @@ def _closing_lines(records: list[dict], recall: dict, cfg) -> None:
             out.print(f"  {label:22} top-1 {fmt(get('top1'), unit='%')}  object tokens {fmt(get('object_share_mean'), 100, unit='%')}"
                       f"  delta1 {fmt(get('delta1'), digits=3)}  speed-up {fmt(get('speedup_paired'), digits=2, unit='x')}",
                       highlight=False, markup=False, soft_wrap=True)
+
+
+def _coverage_line(coverage: dict) -> None:
+    """Depth's side of the story: the share of rooms patches that ran none of the choosing blocks."""
+    from tosa_bench.methods.registry import get
+
+    parts = [f"{get(v).display} {100 * c['blocks_run_share'][0]['mean']:.1f}%" for v, c in coverage.items()]
+    if parts:
+        blocks = ", ".join(map(str, next(iter(coverage.values()))["choosing_blocks"]))
+        out.print(f"  rooms patches that ran none of blocks {blocks} (depth head reads stale features there): " + ", ".join(parts),
+                  highlight=False, markup=False, soft_wrap=True)

@@ -52,6 +52,8 @@ ROOMS_HEIGHT = 48
 #: classifier read 85.8% under the random control and 93.1% under distilled ToSA
 #: (selectors trained for ``all``), so which tokens are chosen visibly matters.
 PLACEMENT = "all"
+#: per seed: how many choosing blocks each rooms patch ran (:func:`depth_token_coverage`)
+COVERAGE_FILE = "coverage.json"
 
 
 @dataclass(frozen=True)
@@ -138,7 +140,60 @@ def run_seed(cfg: DemoConfig, seed: int, root: Path, device: str, step: Callable
     step(f"seed {seed}: ToSA with untrained selectors (reuse of the current attention), accuracy only")
     untrained = Suite().with_overrides(**common, variants=registry.selector_takers(), timing=False, latency=False, memory=False)
     run_plan(plan_new(untrained, root / "sweep-untrained"), figures=False)
-    return {"sweep": root / "sweep", "untrained": root / "sweep-untrained", "selector": root / "selector", "val": val_dir}
+    step(f"seed {seed}: how many blocks each rooms patch ran (ToSA, random; keep {coverage_keep(cfg):g})")
+    write_depth_coverage(root, coverage_keep(cfg))
+    return {"sweep": root / "sweep", "untrained": root / "sweep-untrained", "selector": root / "selector", "val": val_dir,
+            "coverage": root / COVERAGE_FILE}
+
+
+def coverage_keep(cfg: DemoConfig) -> float:
+    """The keep the coverage is measured at: 0.5 where swept, else the middle keep."""
+    return 0.5 if 0.5 in cfg.keeps else sorted(cfg.keeps)[len(cfg.keeps) // 2]
+
+
+def depth_token_coverage(root: Path, keep: float, batch_size: int = 64) -> dict[str, dict[str, Any]]:
+    """For distilled ToSA and the random control at ``keep`` (:data:`PLACEMENT`), on the
+    rooms test split through the seed's depth model: the share of patch tokens that ran
+    0..K of the K choosing blocks (:mod:`tosa_bench.tasks.token_coverage`). Why ToSA's
+    depth can trail the random control's: a persistent choice leaves some patches with
+    the feature of the block before the first choosing block."""
+    import torch
+    import torch.nn.functional as F
+
+    from tosa_bench.build import build_model
+    from tosa_bench.data.loader import make_loader
+    from tosa_bench.data.nyu import build_nyu
+    from tosa_bench.methods import registry
+    from tosa_bench.models.configs import get_config
+    from tosa_bench.tasks.accuracy import depth_model
+    from tosa_bench.tasks.evaluate import round_to_patch
+    from tosa_bench.tasks.token_coverage import BlocksRun
+
+    data = build_nyu(root / "data" / "rooms", split="test")
+    model_cfg = get_config(MODEL)
+    patch = model_cfg.patch_size
+    out = {}
+    for variant in ("tosa", "random"):
+        method = registry.get(variant)
+        options = method.natural_options(keep, model_cfg, registry.Knobs(placements=(PLACEMENT,)))
+        selector = root / "selector" / "selectors.safetensors" if method.accepts_selector else None
+        backbone = build_model(MODEL, variant, checkpoint=root / "classifier" / "checkpoint.safetensors", selector=selector, **options)
+        net = depth_model(backbone, root / "depth" / "depth.safetensors")
+        counter = BlocksRun()
+        with torch.inference_mode():
+            for images, gt in make_loader(data, batch_size, num_workers=0):
+                size = round_to_patch((gt.shape[-2], gt.shape[-1]), patch)  # as the depth evaluation does
+                net(F.interpolate(images, size=size, mode="bilinear", align_corners=False))
+                counter.update(backbone.reducer.last_selection, 1 + (size[0] // patch) * (size[1] // patch))
+        out[variant] = {**counter.compute(), "keep": keep, "images": len(data), "options": options}
+    return out
+
+
+def write_depth_coverage(root: Path, keep: float) -> Path:
+    """:func:`depth_token_coverage` into ``root / COVERAGE_FILE`` (JSON)."""
+    path = root / COVERAGE_FILE
+    path.write_text(json.dumps(depth_token_coverage(root, keep), indent=1) + "\n", encoding="utf-8")
+    return path
 
 
 def selector_recall(selector_run: Path) -> dict[str, float]:
@@ -170,17 +225,55 @@ def summary(seed_paths: Sequence[dict[str, Path]], out: Path) -> dict[str, Any]:
     run = RunData(out, records, env)
     recalls = [selector_recall(p["selector"]) for p in seed_paths]
     recall = {k: spread([r[k] for r in recalls if k in r]) for k in sorted({k for r in recalls for k in r})}
+    coverage = coverage_summary([json.loads(Path(p["coverage"]).read_text()) for p in seed_paths if Path(p.get("coverage", "")).is_file()])
     table = to_markdown(frame(records), env)
     text = ["# Demo summary", "", f"{len(seed_paths)} seed(s); every value below is the mean ± sample standard deviation "
             "over seeds (n) where n > 1.", "", "## Every method", "", table, "", "## Where the selection lands: object tokens per block", "",
-            object_share_table(records), "", "## ToSA selectors against their teacher", "", recall_table(recall), ""]
+            object_share_table(records), "", "## ToSA selectors against their teacher", "", recall_table(recall), "",
+            "## How many blocks each patch ran (depth)", "", coverage_table(coverage), ""]
     (out / "table.md").write_text("\n".join(text), encoding="utf-8")
-    (out / "summary.json").write_text(json.dumps({"seeds": len(seed_paths), "records": records, "selector_recall": recall},
+    (out / "summary.json").write_text(json.dumps({"seeds": len(seed_paths), "records": records, "selector_recall": recall,
+                                                  "blocks_run": coverage},
                                                  indent=1, default=str) + "\n", encoding="utf-8")
     if env is not None:
         (out / "env.json").write_text(json.dumps(env, indent=1, default=str) + "\n", encoding="utf-8")
     report = plot_runs([run], out / "figures", formats=("png", "pdf"))
-    return {"records": records, "recall": recall, "figures": report}
+    return {"records": records, "recall": recall, "blocks_run": coverage, "figures": report}
+
+
+def coverage_summary(per_seed: Sequence[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """The seeds' :func:`depth_token_coverage` as one: per variant, every bin of
+    ``blocks_run_share`` as mean, sample sd, min, max and n over seeds."""
+    from tosa_bench.results.aggregate import spread
+
+    out: dict[str, dict[str, Any]] = {}
+    for variant in sorted({v for seed in per_seed for v in seed}):
+        runs = [seed[variant] for seed in per_seed if seed.get(variant, {}).get("blocks_run_share")]
+        if not runs:
+            continue
+        bins = len(runs[0]["blocks_run_share"])
+        out[variant] = {"blocks_run_share": [spread([r["blocks_run_share"][i] for r in runs]) for i in range(bins)],
+                        "choosing_blocks": runs[0]["choosing_blocks"], "keep": runs[0]["keep"], "images": [r["images"] for r in runs]}
+    return out
+
+
+def coverage_table(coverage: dict[str, dict[str, Any]]) -> str:
+    """Markdown: per variant, the share (%) of rooms patch tokens that ran 0..K of the K
+    choosing blocks (mean ± sd over seeds)."""
+    from tosa_bench.results.tables import _label
+
+    if not coverage:
+        return "(not measured)"
+    first = next(iter(coverage.values()))
+    bins = len(first["blocks_run_share"])
+    lines = ["| method | keep | " + " | ".join(f"ran {i}" for i in range(bins)) + " | seeds |", "|---|---:|" + "---:|" * (bins + 1)]
+    for variant, c in coverage.items():
+        cells = [f"{100 * b['mean']:.1f}" + (f" ± {100 * b['sd']:.1f}" if b["n"] > 1 else "") for b in c["blocks_run_share"]]
+        lines.append(f"| {_label(variant)} | {c['keep']:g} | " + " | ".join(cells) + f" | {c['blocks_run_share'][0]['n']} |")
+    blocks = ", ".join(map(str, first["choosing_blocks"]))
+    return "\n".join(lines) + (f"\n\nShare (%) of the rooms test split's patch tokens that ran 0, 1, ... of the choosing blocks "
+                               f"({blocks}) in the depth model (ToSA: distilled selectors). A patch that ran none keeps the "
+                               "feature it had before the first of them in every later block the depth head reads.")
 
 
 def object_share_table(records: Sequence[dict[str, Any]]) -> str:

@@ -509,8 +509,13 @@ class ToSAMethod(Method):
         return ", ".join(parts)
 
     def curve_label(self, options: Mapping[str, Any], record: Mapping[str, Any]) -> str:
-        # the setting without its keep: "alternate", "second-half, importance cls"
-        return self.setting_label(options, record).split(" @ ", 1)[-1]
+        # the setting without its keep: "alternate", "second-half, importance cls"; on a
+        # trained backbone, selectors that were not trained are named so, so a figure with
+        # both tells the curves apart without its caption
+        label = self.setting_label(options, record).split(" @ ", 1)[-1]
+        if self.accepts_selector and not record.get("selector") and record.get("weights") == "checkpoint":
+            label += ", untrained selectors"
+        return label
 
     @staticmethod
     def _place(options: Mapping[str, Any], record: Mapping[str, Any]) -> str:
@@ -542,7 +547,9 @@ class RandomMethod(ToSAMethod):
         return {**self._keep_and_placement(keep, knobs), "seed": knobs.seed}
 
     def setting_label(self, options: Mapping[str, Any], record: Mapping[str, Any]) -> str:
-        return f"keep {options.get('keep')} @ {self._place(options, record)}, seed {options.get('seed', 0)}"
+        seed = options.get("seed", 0)  # a list in an aggregate over seeds (results.aggregate)
+        seeds = f"seeds {', '.join(map(str, seed))}" if isinstance(seed, list) else f"seed {seed}"
+        return f"keep {options.get('keep')} @ {self._place(options, record)}, {seeds}"
 
 
 TOSA = register(ToSAMethod())

@@ -2,9 +2,10 @@
 
 Papers report several seeds, and so does the demo (``tosa-bench demo --seeds 3``). Each
 seed stays its own run directory; :func:`aggregate_runs` matches their records by
-configuration (:func:`tosa_bench.results.compare.point_config`: model, variant, options,
-batch, dtype, image size, device type, and the *file names* of checkpoint and selector,
-so ``seed-0/classifier/checkpoint.safetensors`` and ``seed-1/...`` match) and returns one
+configuration (:func:`tosa_bench.results.compare.point_config`: model, variant, options
+but the ``seed`` option (the random control's draws follow the run's seed), batch, dtype,
+image size, device type, and the *file names* of checkpoint and selector, so
+``seed-0/classifier/checkpoint.safetensors`` and ``seed-1/...`` match) and returns one
 record per configuration in which each field of :data:`AGGREGATED` is the mean over the
 runs that measured it, with beside it:
 
@@ -40,12 +41,19 @@ AGGREGATED_BY_BLOCK = ("object_share", "object_chance")
 #: one run's interval, meaningless for a mean over runs
 DROPPED = ("speedup_paired_ci_low", "speedup_paired_ci_high", "throughput_img_s_low", "throughput_img_s_high")
 SPREAD = "sample standard deviation"
+#: the option that is a run's seed, not its configuration (the random control's draws):
+#: records that differ only there are seeds of one experiment, aggregated as one; the
+#: aggregate's option then lists the seeds it holds
+SEED_OPTION = "seed"
 
 
 def _key(record: Mapping[str, Any]) -> str:
+    """The configuration a record belongs to, its seed option left out (:data:`SEED_OPTION`)."""
     import json
 
-    return json.dumps(point_config(record), sort_keys=True, default=str)
+    cfg = point_config(record)
+    cfg["options"] = {k: v for k, v in cfg["options"].items() if k != SEED_OPTION}
+    return json.dumps(cfg, sort_keys=True, default=str)
 
 
 def _number(v: Any) -> float | None:
@@ -73,6 +81,11 @@ def aggregate_records(runs: Sequence[Sequence[Mapping[str, Any]]]) -> list[dict[
     for members in groups.values():
         agg = {k: v for k, v in members[0].items() if k not in DROPPED}
         agg["aggregated_runs"] = len(members)
+        seeds = sorted({m["options"][SEED_OPTION] for m in members if SEED_OPTION in (m.get("options") or {})})
+        if len(seeds) > 1:
+            for field in ("options", "resolved_options"):
+                if isinstance(agg.get(field), dict):
+                    agg[field] = {**agg[field], SEED_OPTION: seeds}
         for name in AGGREGATED:
             values = [x for x in (_number(m.get(name)) for m in members) if x is not None]
             if not values:

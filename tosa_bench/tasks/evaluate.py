@@ -142,7 +142,7 @@ def evaluate_classification(
     return batches.result(acc.compute(), dtype, device)
 
 
-def _round_to_patch(size: tuple[int, int], patch: int | None) -> tuple[int, int]:
+def round_to_patch(size: tuple[int, int], patch: int | None) -> tuple[int, int]:
     """Nearest multiple of ``patch`` per side (at least one patch); unchanged if no patch."""
     if not patch:
         return size
@@ -207,7 +207,7 @@ def evaluate_depth(
             if gt.ndim == 4 and gt.shape[1] == 1:
                 gt = gt[:, 0]
             gt_size = (gt.shape[-2], gt.shape[-1])
-            size = tuple(input_size) if input_size is not None else _round_to_patch(gt_size, patch)
+            size = tuple(input_size) if input_size is not None else round_to_patch(gt_size, patch)
             if tuple(images.shape[-2:]) != size:
                 images = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
             with autocast(dtype, device):
