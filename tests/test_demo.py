@@ -92,3 +92,7 @@ def test_committed_demo_summary_is_its_seed_runs():
     again = json.loads(json.dumps(aggregate_records(per_seed), default=str))
     fields = ("variant", "options", "selector", "top1", "delta1", "absrel", "speedup_paired", "object_share", "object_share_mean", "gmacs")
     assert [{k: r.get(k) for k in fields} for r in again] == [{k: r.get(k) for k in fields} for r in summary["records"]]
+    from tosa_bench.experiments.demo import COVERAGE_FILE, coverage_summary
+
+    coverage = coverage_summary([json.loads((s / COVERAGE_FILE).read_text()) for s in seeds])
+    assert json.loads(json.dumps(coverage)) == summary["blocks_run"]
