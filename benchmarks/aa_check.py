@@ -64,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--need", type=int, default=None, help="repeats within tolerance needed (default: 9 of 10, all of fewer)")
     p.add_argument("--tolerance", type=float, default=0.05)
-    p.add_argument("--out", type=Path, default=Path("runs/aa-cpu-2core"),
-                   help="run directory, replaced on each run (the committed one: results/aa-cpu-2core)")
+    p.add_argument("--out", type=Path, default=Path("runs/aa-cpu"),
+                   help="run directory, replaced on each run (the committed one: results/aa-cpu-avx512)")
     a = p.parse_args(argv)
     if a.repeats < 1 or not 0 < a.tolerance < 1:
         p.error("need --repeats >= 1 and --tolerance in (0, 1)")

@@ -237,7 +237,7 @@ def test_default_workers_never_exceed_the_cores(data):
 
 
 def test_shared_options_on_every_model_command():
-    """The vocabulary of the README's Options table, on every command that builds a model."""
+    """The vocabulary of the Options table in docs/usage.md, on every command that builds a model."""
     import typer
 
     root = typer.main.get_command(app)
