@@ -15,22 +15,12 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+# cpu_model lives in tosa_bench.host (chunk calibrations need it too); it stays importable from here
+from tosa_bench.host import cpu_model
+
 __all__ = ["environment_record", "cpu_model", "git_state", "REPO_ROOT"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def cpu_model(cpuinfo_path: str | os.PathLike[str] = "/proc/cpuinfo") -> str | None:
-    """The "model name" (x86) / "Model" or "Hardware" (ARM) line of /proc/cpuinfo, else
-    ``platform.processor()``, else None."""
-    try:
-        for line in Path(cpuinfo_path).read_text(errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() in ("model name", "Model", "Hardware") and value.strip():
-                return value.strip()
-    except OSError:
-        pass
-    return platform.processor() or None
 
 
 def git_state(path: str | os.PathLike[str] = REPO_ROOT) -> dict[str, Any]:

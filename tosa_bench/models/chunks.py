@@ -52,6 +52,8 @@ from typing import Callable
 
 import torch
 
+from tosa_bench.host import cpu_model
+
 CACHE_ENV = "TOSA_BENCH_CACHE_DIR"
 #: JSON ``{key: bytes}`` a parent process hands its children (see the module docstring)
 BUDGETS_ENV = "TOSA_BENCH_CPU_CHUNKS"
@@ -96,8 +98,6 @@ def machine_signature() -> str:
     """CPU model, cache sizes, intra-op threads and torch version: what a budget depends
     on besides the op."""
     global _signature
-    from tosa_bench.measure.env import cpu_model
-
     threads = torch.get_num_threads()
     if _signature is None or not _signature.endswith(f"threads {threads}"):
         _signature = f"{cpu_model() or 'unknown cpu'} | caches {_cache_sizes()} | torch {torch.__version__} | threads {threads}"

@@ -4,6 +4,7 @@ Modules, one job each:
 
 - :mod:`.store`: the run directory (append-only, fsync'd ``records.jsonl``, env, suite).
 - :mod:`.load`: the one entry point that reads a run (:func:`load_run`, :func:`load_frame`).
+- :mod:`.layout`: a run's records as one DataFrame (rows per keep, ratios to dense).
 - :mod:`.tables`: comparison tables of a run (terminal, Markdown, LaTeX, CSV).
 - :mod:`.compare`: two result sets point by point, matched by configuration, noise-aware.
 - :mod:`.check`: the regression gate (baselines, environment checks, verdicts).

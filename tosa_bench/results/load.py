@@ -43,8 +43,8 @@ def load_run(run_dir: str | Path) -> RunData:
 
 
 def load_frame(run_dir: str | Path) -> "pd.DataFrame":
-    """The records of ``run_dir`` as :func:`tosa_bench.results.tables.frame` lays them out
+    """The records of ``run_dir`` as :func:`tosa_bench.results.layout.frame` lays them out
     (one row per record and grid keep, ratio columns to dense; empty for no records)."""
-    from tosa_bench.results.tables import frame  # pandas: imported only when a frame is asked for
+    from tosa_bench.results.layout import frame  # pandas: imported only when a frame is asked for
 
     return frame(load_run(run_dir).records)
