@@ -21,7 +21,9 @@ def calibrate_command(
     for MODEL on this machine, and show the fastest, which every run uses.
 
     Runs calibrate themselves on first use; this shows the result, or redoes it after the
-    machine changed (--refresh). Kept in the cache file named below."""
+    machine changed (--refresh). Kept in the cache file named below.
+
+    Example: tosa-bench calibrate --model deit_small_patch16_224 --refresh"""
     import torch
 
     from rich.table import Table

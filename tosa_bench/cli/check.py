@@ -41,7 +41,9 @@ def compare_command(
     """Compare two runs point by point, matched by configuration (model, variant, options,
     batch, dtype; not paths or machine): old, new, change, and whether the change is beyond
     the tolerance and outside the noise (95% intervals). Time and memory are compared as
-    ratios to dense within each run; absolute throughput and latency are shown with --all."""
+    ratios to dense within each run; absolute throughput and latency are shown with --all.
+
+    Example: tosa-bench compare runs/before runs/after --format md"""
     from tosa_bench.results.compare import METRICS, VERDICTS, compare_runs, rich_table, to_markdown
 
     if not 0 < tolerance < 10:
@@ -94,6 +96,8 @@ wide are named.
 
 Writes check.md (for a CI summary or a pull-request comment) and check.json into the
 run directory, or to --markdown/--json. More: docs/gate.md.
+
+Example: tosa-bench check --suite ci --baseline results/baselines/ci-cpu.json
 """
 
 

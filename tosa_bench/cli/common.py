@@ -18,6 +18,10 @@ Every command is wrapped in :func:`guarded`, the CLI's error contract:
 
 ``--debug`` (on every command, or ``tosa-bench --debug CMD``) prints the traceback too.
 Messages are printed verbatim (no rich markup: ``[grid]`` stays ``[grid]``).
+
+Commands and groups are made through :class:`Commands`, whose classes make help read
+well at any terminal width: paragraphs reflowed (:func:`reflow`), flags shown without a
+type. Each help text ends with one ``Example: tosa-bench ...`` line.
 """
 
 from __future__ import annotations
@@ -26,18 +30,19 @@ import contextlib
 import functools
 import inspect
 import os
+import re
 import sys
 import tempfile
 import traceback
 from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
-from typing import Callable, Iterator, Optional, TextIO
+from typing import Any, Callable, Iterable, Iterator, Optional, TextIO
 
 import typer
 from rich.console import Console
 from rich.text import Text
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from tosa_bench.errors import OptionError, OutputPathError, UserInputError, first_line
 
@@ -63,7 +68,88 @@ ALLOWED = {
 }
 
 
-class OneLineErrors(TyperGroup):
+#: a line that starts a list item ("- a", "* b", "1. c"): kept on a line of its own
+_LIST_ITEM = re.compile(r"(?:[-*\u2022]|\d+[.)])\s")
+
+
+def reflow(text: str) -> str:
+    """``text`` (a command's help) with the line breaks typed inside prose joined, so that
+    rich wraps it at the terminal's width instead of breaking where the source was wrapped
+    (lines cut short at 120 columns, ragged at 80).
+
+    Kept as typed: blank lines between paragraphs, list items and indented lines (a list,
+    with its continuation lines indented deeper; keep such lines under 78 characters, the
+    text width of an 80-column terminal, or rich wraps them back to the margin).
+    """
+    paragraphs = re.split(r"\n[ \t]*\n", inspect.cleandoc(text))
+    return "\n\n".join(_join_prose(p) for p in paragraphs if p.strip())
+
+
+def _join_prose(paragraph: str) -> str:
+    lines: list[str] = []
+    for raw in paragraph.splitlines():
+        if lines and _is_prose(raw) and _is_prose(lines[-1]):
+            lines[-1] += " " + raw.strip()
+        else:
+            lines.append(raw.rstrip())
+    return "\n".join(lines)
+
+
+def _is_prose(line: str) -> bool:
+    """A line of running text: not indented, not a list item."""
+    return not line[:1].isspace() and not _LIST_ITEM.match(line)
+
+
+def _as_flags(params: Iterable[Any]) -> None:
+    """Show boolean flags by their names alone (``--quick``, ``--fuse/--no-fuse``).
+
+    Typer's rich help prints every option's type in a column of its own, flags included
+    (``--quick <bool>``), although a flag takes no value; it prints a metavar instead of
+    the type when one is set, so an empty metavar leaves the column blank. Options that
+    take values keep their type.
+    """
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+
+
+class _ReadableHelp:
+    """Mixed into the command and group classes of this CLI: the help text reflowed
+    (:func:`reflow`) and flags shown as flags (:func:`_as_flags`), the help option too."""
+
+    def __init__(self, *args: Any, help: Optional[str] = None, **kwargs: Any) -> None:  # noqa: A002 (click's name)
+        super().__init__(*args, help=reflow(help) if help else help, **kwargs)  # type: ignore[call-arg]
+        _as_flags(self.params)  # type: ignore[attr-defined]
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)  # type: ignore[misc]
+        if option is not None:
+            _as_flags([option])
+        return option
+
+
+class HelpCommand(_ReadableHelp, TyperCommand):
+    """A command of this CLI (see :class:`_ReadableHelp`)."""
+
+
+class HelpGroup(_ReadableHelp, TyperGroup):
+    """A command group of this CLI (see :class:`_ReadableHelp`)."""
+
+
+class Commands(typer.Typer):
+    """``typer.Typer`` whose commands and groups use :class:`HelpCommand` and
+    :class:`HelpGroup`, so that a command added with ``@app.command`` (or a group made
+    with ``Commands(...)``) gets readable help without asking; tests/test_help.py renders
+    every page at 80 and 120 columns."""
+
+    def __init__(self, *, cls: type[TyperGroup] = HelpGroup, **kwargs: Any) -> None:
+        super().__init__(cls=cls, **kwargs)
+
+    def command(self, name: Optional[str] = None, *, cls: Optional[type[TyperCommand]] = None, **kwargs: Any):  # type: ignore[override]
+        return super().command(name, cls=cls or HelpCommand, **kwargs)
+
+
+class OneLineErrors(HelpGroup):
     """The root command: a usage error found while parsing (a value that is not a number,
     a missing or unknown option) is one ``error:`` line and exit 2, like every other bad
     input, instead of a framed help box."""
@@ -120,9 +206,10 @@ def _given(opts: list[str], argv: list[str]) -> Optional[str]:
     return found
 
 
-app = typer.Typer(
+app = Commands(
     cls=OneLineErrors,
-    help="Benchmark and profile token reduction (ToSA, ToMe, EViT) in Vision Transformers.",
+    help="Benchmark and profile token reduction (ToSA, ToMe, EViT) in Vision Transformers.\n\n"
+         "Example: tosa-bench sweep --keep 0.5",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,

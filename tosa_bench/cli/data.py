@@ -8,9 +8,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from tosa_bench.cli.common import app, guarded, out
+from tosa_bench.cli.common import Commands, app, guarded, out
 
-data_app = typer.Typer(help="Generate the embedded datasets in the real on-disk formats.", no_args_is_help=True)
+data_app = Commands(help="Generate the embedded datasets in the real on-disk formats.\n\n"
+                         "Example: tosa-bench data make rooms --out data/rooms --size 48", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
 
@@ -30,8 +31,11 @@ def make_command(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing set made by this command (written beside it, then swapped in).")] = False,
 ) -> None:
     """Write a generated dataset that `--imagenet` (shapes) or `--nyu` (rooms) accepts.
+
     shapes has 10 classes: evaluate it with a 10-class model such as test_tiny (the DeiT
-    models have 1000)."""
+    models have 1000).
+
+    Example: tosa-bench data make shapes --out data/shapes"""
     from tosa_bench.data.synthetic import make_dataset
 
     path = make_dataset(kind.value, out_dir, n=n, size=size, seed=seed, overwrite=overwrite)

@@ -40,7 +40,9 @@ def demo_command(
     """Train a small ViT on generated shapes, distil ToSA's selectors, train a depth
     head on generated rooms, then sweep dense, ToSA (distilled and untrained), ToMe, EViT
     and the random control at keeps 0.25/0.5/0.75 with top-1, object-token share, depth
-    and paired speed-up; summary and figures in OUT/summary. Example: tosa-bench demo --seeds 3"""
+    and paired speed-up; summary and figures in OUT/summary.
+
+    Example: tosa-bench demo --seeds 3"""
     from tosa_bench.experiments import demo
     from tosa_bench.measure.spec import resolve_device
 

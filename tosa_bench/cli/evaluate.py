@@ -60,7 +60,9 @@ def eval_command(
 ) -> None:
     """Accuracy of one model (top1/top5 in %, or delta1..3, absrel, sqrel, rmse, rmse_log,
     log10, silog). Without trained weights it still runs, and says the numbers are not a
-    result; a metric that cannot be computed (NaN predictions) is null, with the reason."""
+    result; a metric that cannot be computed (NaN predictions) is null, with the reason.
+
+    Example: tosa-bench eval --imagenet data/shapes --model test_tiny --variant tosa --keep 0.5"""
     import torch
 
     from tosa_bench.measure.fit import check_fits

@@ -56,5 +56,7 @@ def status_command(
     run_dir: Annotated[Path, typer.Argument(help="A launch directory (sweep --launcher ... --out DIR).")],
 ) -> None:
     """Where the shards of a launched sweep stand; when all are done, merge them into the
-    launch directory (once), which `report` and `plot` then read like any run."""
+    launch directory (once), which `report` and `plot` then read like any run.
+
+    Example: tosa-bench status runs/paper"""
     show_status(run_dir)

@@ -8,7 +8,9 @@ from tosa_bench.cli.common import app, guarded, out
 @app.command("models")
 @guarded
 def models_command() -> None:
-    """List model configs and variants with their options."""
+    """List model configs and variants with their options.
+
+    Example: tosa-bench models"""
     from rich.table import Table
 
     from rich.markup import escape

@@ -28,6 +28,8 @@ Several runs are overlaid (e.g. two devices or two commits): each method keeps
 its colour and marker, the runs differ by line style. Each file carries the
 measurement conditions (device, dtype, batch, torch) in a caption line and in
 its metadata. Figures a run cannot support are listed with the reason.
+
+Example: tosa-bench plot runs/keeps --format png
 """
 
 
@@ -128,7 +130,9 @@ def show_tokens_command(
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Where the pictures go.")] = Path("runs/tokens"),
 ) -> None:
     """For each image, a grid over the blocks: which patches ran the block (ToSA, random),
-    were kept (EViT) or were merged together (ToMe, one colour per group), over the image."""
+    were kept (EViT) or were merged together (ToMe, one colour per group), over the image.
+
+    Example: tosa-bench show-tokens data/shapes/val/n00000000/shape_000000.JPEG --model test_tiny --keep 0.5"""
     from tosa_bench.models.configs import get_config
     from tosa_bench.results.figures import parse_formats
     from tosa_bench.results.tokens import token_pictures

@@ -42,7 +42,9 @@ def profile_command(
     save: Annotated[Optional[Path], typer.Option("--save", hidden=True, help="Deprecated name of --out.")] = None,
 ) -> None:
     """Profile one model/variant: GMACs/GFLOPs per block and in total, parameters,
-    throughput, batch-1 latency and peak memory, with the method behind each number."""
+    throughput, batch-1 latency and peak memory, with the method behind each number.
+
+    Example: tosa-bench profile --model deit_small_patch16_224 --variant tosa --keep 0.5"""
     import torch
 
     from tosa_bench.measure.block_time import block_time_shares

@@ -28,10 +28,10 @@ What --keep K means per variant (without --match):
 
   dense: ignores keep (once per model/batch/dtype/device).
   tosa: K of the patch tokens run each selected block (--placement);
-  the others bypass it.
+    the others bypass it.
   random: the control, ToSA's mechanism with random tokens, same K.
   tome: r = round((1 - K)(N - 1) / L) tokens merged per block
-  (DeiT-S/224, K 0.5: r = 8), or each explicit --tome-r.
+    (DeiT-S/224, K 0.5: r = 8), or each explicit --tome-r.
   evit: keep rate K at each pruning block (--evit-loc, default 3,6,9).
 
 --match gmacs: ToMe's r and EViT's keep are chosen so that their GMACs
@@ -60,6 +60,8 @@ Exit code 0: every point ok; 1: some points recorded as error or oom, or
 an internal error (a bug: its traceback file is named; --debug prints it);
 2: bad input (nothing measured); 130 on Ctrl-C, 143 on SIGTERM (finished
 points are kept: continue with --resume).
+
+Example: tosa-bench sweep --variant dense --variant tosa --keep 0.25 --keep 0.5 --out runs/keeps
 """
 
 
@@ -425,7 +427,9 @@ def report_command(
 ) -> None:
     """The comparison tables of a run again, from its store alone. Several runs of one
     configuration (seeds) are reported together: every metric as mean ± sample standard
-    deviation (n runs)."""
+    deviation (n runs).
+
+    Example: tosa-bench report runs/keeps --format md"""
     from tosa_bench.results import load_run
     from tosa_bench.results.aggregate import aggregate_runs
     from tosa_bench.results.tables import render
@@ -466,7 +470,9 @@ def merge_command(
     runs: list[Path] = typer.Argument(..., help="Run directories to join (e.g. the shards of one sweep)."),
     out_dir: Path = typer.Option(..., "--out", "-o", help="New (or empty) run directory for the merged run."),
 ) -> None:
-    """Join shard outputs into one run; refuses one configuration with two different results."""
+    """Join shard outputs into one run; refuses one configuration with two different results.
+
+    Example: tosa-bench merge runs/shard-1 runs/shard-2 --out runs/merged"""
     from tosa_bench.sweep.merge import merge_runs
 
     summary = merge_runs(runs, out_dir)

@@ -19,15 +19,17 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from tosa_bench.cli.common import (CHECKPOINT_HELP, IMPORTANCE_HELP, PLACEMENT_HELP, WORKERS_HELP, DType, app,
+from tosa_bench.cli.common import (CHECKPOINT_HELP, IMPORTANCE_HELP, PLACEMENT_HELP, WORKERS_HELP, Commands, DType, app,
                                    check_output_dir, default_batch_size, default_workers, guarded, out, say)
 from tosa_bench.errors import OptionError, RunStateError
 from tosa_bench.methods import registry
 
-train_app = typer.Typer(help="Train ToSA's selectors (distilled from the dense model), fine-tune a token-reduced model, "
-                             "train the depth head, or a small ViT classifier. With --launcher, the command runs as a "
-                             "(multi-node) submitit job: tosa-bench train --launcher slurm --nodes 2 --gpus-per-node 8 selector ...",
-                        no_args_is_help=True)
+train_app = Commands(help="Train ToSA's selectors (distilled from the dense model), fine-tune a token-reduced model, "
+                          "train the depth head, or a small ViT classifier.\n\n"
+                          "With --launcher, the command runs as a (multi-node) submitit job: tosa-bench train --launcher "
+                          "slurm --nodes 2 --gpus-per-node 8 selector ...\n\n"
+                          "Example: tosa-bench train classifier --data data/shapes --out runs/shapes-vit",
+                     no_args_is_help=True)
 app.add_typer(train_app, name="train")
 
 
@@ -263,7 +265,9 @@ def selector_command(
 ) -> None:
     """Distil ToSA's selectors: each learns to predict the next block's attention of the
     frozen dense model. Reports loss and top-k recall (vs chance k/N) every epoch and
-    writes OUT/selectors.safetensors (with what it was trained for) for --selector."""
+    writes OUT/selectors.safetensors (with what it was trained for) for --selector.
+
+    Example: tosa-bench train selector --data data/shapes --model test_tiny --checkpoint runs/shapes-vit/checkpoint.safetensors"""
     from tosa_bench.build import build_model
     from tosa_bench.methods.base import validate_keep
     from tosa_bench.train.selector import LOSSES, SelectorTask
@@ -312,7 +316,9 @@ def classifier_command(
     resume: Resume = False,
     overwrite: Overwrite = False,
 ) -> None:
-    """Train a ViT classifier from scratch; writes OUT/checkpoint.safetensors for --checkpoint."""
+    """Train a ViT classifier from scratch; writes OUT/checkpoint.safetensors for --checkpoint.
+
+    Example: tosa-bench train classifier --data data/shapes --out runs/shapes-vit"""
     from tosa_bench.build import build_model
     from tosa_bench.models.configs import get_config
     from tosa_bench.train.classifier import ClassifierTask, train_transform
@@ -364,7 +370,9 @@ def finetune_command(
     overwrite: Overwrite = False,
 ) -> None:
     """Fine-tune a whole token-reduced classifier (optionally distilled from the dense
-    model); writes OUT/checkpoint.safetensors, which --checkpoint loads for the variant."""
+    model); writes OUT/checkpoint.safetensors, which --checkpoint loads for the variant.
+
+    Example: tosa-bench train finetune --data data/shapes --model test_tiny --variant evit --keep 0.7 --checkpoint runs/shapes-vit/checkpoint.safetensors"""
     from tosa_bench.build import build_model
     from tosa_bench.cli.common import point_options
     from tosa_bench.models.configs import get_config
@@ -427,7 +435,9 @@ def depth_command(
     overwrite: Overwrite = False,
 ) -> None:
     """Train the DPT-style depth head on NYU train (or rooms); writes OUT/depth.safetensors
-    for --depth-checkpoint."""
+    for --depth-checkpoint.
+
+    Example: tosa-bench train depth --nyu data/rooms --model test_tiny --checkpoint runs/shapes-vit/checkpoint.safetensors"""
     from tosa_bench.build import build_model
     from tosa_bench.cli.common import parse_size, point_options
     from tosa_bench.data.nyu import build_nyu

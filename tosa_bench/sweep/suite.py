@@ -11,7 +11,7 @@ which are the default run ``tosa-bench sweep``, also shipped as ``suites/quick.t
     [grid]                      # lists multiply (a cartesian grid)
     models = ["deit_small_patch16_224"]
     variants = ["dense", "tosa", "tome", "evit", "random"]
-    keeps = [0.5]               # share of tokens kept, mapped per variant (natural.py)
+    keeps = [0.5]               # share of tokens kept, mapped per variant (Method.natural_options, methods/registry.py)
     placements = []             # tosa/random only: schemes ("alternate") or [3, 5, 7]; [] = default
     tome_r = []                 # explicit ToMe r values (replace the keep mapping for tome)
     evit_locations = []         # EViT pruning blocks, e.g. [[3, 6, 9]]; [] = default
@@ -19,7 +19,7 @@ which are the default run ``tosa-bench sweep``, also shipped as ``suites/quick.t
     dtypes = ["fp32"]           # fp32 | fp16 | bf16; a list or a table per device type
     devices = ["auto"]          # auto | cpu | cuda | cuda:N
     img_size = 224              # optional input side in pixels (default: the model's)
-    match = "none"              # "gmacs": ToMe/EViT at ToSA's GMACs (match.py)
+    match = "none"              # "gmacs": ToMe/EViT at ToSA's GMACs (Method.match_gmacs, methods/registry.py)
     seed = 0                    # seed of the random control
     importance = "mean"         # ToSA importance rule: "mean" (heads and queries) or "cls"
     fuse = true                 # EViT: fuse the dropped tokens into one (false: drop them)
