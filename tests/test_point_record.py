@@ -83,10 +83,15 @@ def test_the_record_of_a_tosa_point_written_out(fakes) -> None:
     assert rec["threads"] == torch.get_num_threads()
     # the check's forward settled two chunk budgets, each named by its shape: the map
     # block's attention and the two selectors' (one shape)
-    # (and, where the kernel is built, its vector width: timed as one of the selector's candidates)
+    # (and, where the kernel ran, its vector width; also where the selector's calibration
+    # timed the kernel as a candidate in this process. Which candidate wins is timing: under
+    # load PyTorch ops can, and a calibration an earlier test made is then read back
+    # without timing the kernel again, so the width is only certain where the kernel ran)
     chunks = rec["cpu_chunks"]
     widths = [k for k in chunks if k.startswith("selector-kernel heads 3 hidden 6 kernel 3 rows 17 keys 17 | ")]
-    assert len(widths) == (selector_kernel.kernel() is not None) and len(chunks) == 2 + len(widths)
+    ran_kernel = rec["kernel_paths"][0].startswith("fused CPU kernel")
+    assert (len(widths) == 1) if ran_kernel else (len(widths) <= (selector_kernel.kernel() is not None))
+    assert len(chunks) == 2 + len(widths)
     assert sum("attention heads 3 tokens 17" in k for k in chunks) == 1
     assert sum("selector heads 3 hidden 6 kernel 3 rows 17 keys 17" in k for k in chunks) == 1
     assert all(set(v) == {"bytes", "source", "fallback"} for v in chunks.values())
