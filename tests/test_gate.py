@@ -424,10 +424,15 @@ TWICE_SUITE = ('[suite]\nname = "twice"\n[grid]\nmodels = ["test_tiny"]\nvariant
 #   work once (A/A), 4 measurements, 84 rounds: 83% disturbed, rms 2.04; the rest sd 0.082
 # The intervals of 9 such measurements were +-3% to +-134% (work twice) and +-2% to
 # +-133% (A/A); without the busy loop the work-twice point read 0.522 (0.517-0.525).
+# With the busy loop alone (nothing else running, load average about 1: the condition of
+# issue #33), 4 measurements each, 120 rounds:
+#   work twice: 89% disturbed, rms 1.10; the rest sd 0.088 (intervals +-44% to +-90%)
+#   work once (A/A): 82% disturbed, rms 1.48; the rest sd 0.078 (+-39% to +-137%)
 # docs/gate.md has the whole table. A LoadedTimer gives each step of the measured method
 # the noise e of such a round.
 BUSY = {"disturbed": 0.75, "spread": 1.65, "core": 0.033}
 BUSIEST = {"disturbed": 0.833, "spread": 2.04, "core": 0.082}
+ONE_CORE_BUSY = {"disturbed": 0.892, "spread": 1.10, "core": 0.088}
 
 
 class LoadedTimer:
@@ -515,11 +520,13 @@ def test_with_the_noise_of_a_busy_machine_the_gate_catches_2x_and_passes_unchang
     assert "regression: test_tiny worktwice" in slower and "speedup regressed" in slower and "still noisy" not in slower
 
 
-def test_at_the_heaviest_noise_measured_the_gate_never_judges_wrong(loaded_suite, monkeypatch):
-    """At the worst noise measured (BUSIEST) the gate may be left unable to judge, never
+@pytest.mark.parametrize("noise", [pytest.param(ONE_CORE_BUSY, id="one-core-busy"), pytest.param(BUSIEST, id="busiest")])
+def test_at_the_heaviest_noise_measured_the_gate_never_judges_wrong(loaded_suite, monkeypatch, noise):
+    """Where most rounds are disturbed (ONE_CORE_BUSY: the busy loop alone, 89% of the
+    rounds; BUSIEST: the widest spread) the gate may be left unable to judge, never
     wrong, over 8 seeds: an unchanged method is never ``regressed`` (``same``, or
-    ``noisy`` and passing by default), a 2x slowdown never ``same`` or ``improved``
-    (``regressed``, or ``noisy`` and failing under --on-noisy fail)."""
+    ``noisy``: it passes by default), a 2x slowdown never ``same`` or ``improved``
+    (``regressed``, or ``noisy``: caught under --on-noisy fail)."""
 
     def verdict(name: str) -> str:
         rows = json.loads((loaded_suite / name / "check.json").read_text())["rows"]
@@ -527,7 +534,7 @@ def test_at_the_heaviest_noise_measured_the_gate_never_judges_wrong(loaded_suite
 
     seen = []
     for seed in range(8):
-        LoadedTimer(seed, **BUSIEST).install(monkeypatch)
+        LoadedTimer(seed, **noise).install(monkeypatch)
         _ok(_twice_gate(loaded_suite, 1, "--update-baseline", name=f"base{seed}"))
         same = _twice_gate(loaded_suite, 1, name=f"same{seed}")
         slower = _twice_gate(loaded_suite, 2, "--on-noisy", "fail", name=f"slower{seed}")
