@@ -113,3 +113,12 @@ def test_readme_is_a_front_page():
     figure = [i for i, line in enumerate(lines) if line.startswith("![")]
     assert len(setup) == 2 and max(setup) < 40, setup
     assert figure and figure[0] < 60, figure
+
+
+def test_results_catalogue_lists_every_set_once():
+    """results/README.md has one table row per result set (a row may hold two sets of one
+    call), and names no set that is not there."""
+    rows = [line for line in (ROOT / "results" / "README.md").read_text().split("\n") if line.startswith("| `")]
+    named = [n for line in rows for n in re.findall(r"`([\w.-]+)/", line.split("|")[1])]
+    present = sorted(p.name for p in (ROOT / "results").iterdir() if p.is_dir())
+    assert sorted(named) == present, (sorted(named), present)
