@@ -67,6 +67,7 @@ def test_demo_quick_end_to_end(tmp_path):
     assert "recall@0.5" in summary["selector_recall"]
     table = (out / "summary" / "table.md").read_text()
     assert "object tokens per block" in table and "top-k recall" in table and "How many blocks each patch ran" in table
+    assert "No method is fine-tuned" in table
     assert set(summary["blocks_run"]) == {"tosa", "random"}
     figures = {p.name for p in (out / "summary" / "figures").iterdir()}
     assert {"tradeoff-top1-vs-gmacs.png", "tradeoff-delta1-vs-gmacs.png", "object-share-vs-keep.png", "speedup-vs-keep.png"} <= figures

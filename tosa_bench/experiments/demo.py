@@ -228,7 +228,9 @@ def summary(seed_paths: Sequence[dict[str, Path]], out: Path) -> dict[str, Any]:
     coverage = coverage_summary([json.loads(Path(p["coverage"]).read_text()) for p in seed_paths if Path(p.get("coverage", "")).is_file()])
     table = to_markdown(frame(records), env)
     text = ["# Demo summary", "", f"{len(seed_paths)} seed(s); every value below is the mean ± sample standard deviation "
-            "over seeds (n) where n > 1.", "", "## Every method", "", table, "", "## Where the selection lands: object tokens per block", "",
+            "over seeds (n) where n > 1.", "", "No method is fine-tuned: every method runs the dense classifier's weights (and the "
+            "depth head trained on the dense backbone); only ToSA's selectors are trained, distilled with the backbone frozen "
+            "('trained selectors').", "", "## Every method", "", table, "", "## Where the selection lands: object tokens per block", "",
             object_share_table(records), "", "## ToSA selectors against their teacher", "", recall_table(recall), "",
             "## How many blocks each patch ran (depth)", "", coverage_table(coverage), ""]
     (out / "table.md").write_text("\n".join(text), encoding="utf-8")
