@@ -368,3 +368,10 @@ def test_match_target_is_none_when_no_method_can_be_matched_to(monkeypatch):
     assert registry.match_target() is registry.get("tosa")
     monkeypatch.setattr(registry, "_REGISTRY", {"dense": registry.get("dense"), "tome": registry.get("tome")})
     assert registry.match_target() is None
+
+
+def test_bypassers_are_the_methods_whose_unchosen_tokens_come_back():
+    """ToSA and its random control let unchosen tokens bypass a block and return (the
+    demo's coverage count asks this); EViT drops them, ToMe merges them, dense has none."""
+    assert registry.bypassers() == ("tosa", "random")
+    assert not any(registry.get(n).bypasses for n in ("dense", "tome", "evit"))

@@ -54,7 +54,11 @@ def demo_command(
         raise RunStateError(f"--out {root}: not empty; the demo writes into a new or empty directory")
     root.mkdir(parents=True, exist_ok=True)
     record = {**demo.config_record(cfg), "device": dev, "quick": quick, "seed_wall_s": {}}
-    (root / "demo.json").write_text(json.dumps(record, indent=1) + "\n")
+
+    def save() -> None:  # demo.json after every step that adds to it
+        (root / "demo.json").write_text(json.dumps(record, indent=1) + "\n")
+
+    save()
 
     begin = time.monotonic()
     step = _stepper()
@@ -63,13 +67,13 @@ def demo_command(
         start = time.monotonic()
         paths.append(demo.run_seed(cfg, s, root / f"seed-{s}", dev, step))
         record["seed_wall_s"][str(s)] = round(time.monotonic() - start, 1)  # data, training and sweeps of one seed
-        (root / "demo.json").write_text(json.dumps(record, indent=1) + "\n")
+        save()
     step("token pictures of two validation images (seed 0)")
     _token_pictures(root, paths[0]["val"])
     step(f"summary over {cfg.seeds} seed(s)")
     result = demo.summary(paths, root / "summary")
     record["wall_s"] = round(time.monotonic() - begin, 1)  # everything, pictures and summary included
-    (root / "demo.json").write_text(json.dumps(record, indent=1) + "\n")
+    save()
     _closing_lines(result["records"], result["recall"], cfg)
     _coverage_line(result["blocks_run"])
     say(f"demo done in {record['wall_s']:.0f} s: {root} (summary: {root / 'summary' / 'table.md'}; figures: {root / 'summary' / 'figures'})", prefix="")

@@ -140,7 +140,8 @@ def run_seed(cfg: DemoConfig, seed: int, root: Path, device: str, step: Callable
     step(f"seed {seed}: ToSA with untrained selectors (reuse of the current attention), accuracy only")
     untrained = Suite().with_overrides(**common, variants=registry.selector_takers(), timing=False, latency=False, memory=False)
     run_plan(plan_new(untrained, root / "sweep-untrained"), figures=False)
-    step(f"seed {seed}: how many blocks each rooms patch ran (ToSA, random; keep {coverage_keep(cfg):g})")
+    which = ", ".join(registry.get(n).display for n in registry.bypassers())
+    step(f"seed {seed}: how many blocks each rooms patch ran ({which}; keep {coverage_keep(cfg):g})")
     write_depth_coverage(root, coverage_keep(cfg))
     return {"sweep": root / "sweep", "untrained": root / "sweep-untrained", "selector": root / "selector", "val": val_dir,
             "coverage": root / COVERAGE_FILE}
@@ -152,11 +153,12 @@ def coverage_keep(cfg: DemoConfig) -> float:
 
 
 def depth_token_coverage(root: Path, keep: float, batch_size: int = 64) -> dict[str, dict[str, Any]]:
-    """For distilled ToSA and the random control at ``keep`` (:data:`PLACEMENT`), on the
-    rooms test split through the seed's depth model: the share of patch tokens that ran
-    0..K of the K choosing blocks (:mod:`tosa_bench.tasks.token_coverage`). Why ToSA's
-    depth can trail the random control's: a persistent choice leaves some patches with
-    the feature of the block before the first choosing block."""
+    """For every method whose tokens bypass blocks (distilled ToSA and the random control)
+    at ``keep`` (:data:`PLACEMENT`), on the rooms test split through the seed's depth
+    model: the share of patch tokens that ran 0..K of the K choosing blocks
+    (:mod:`tosa_bench.tasks.token_coverage`). Why ToSA's depth can trail the random
+    control's: a persistent choice leaves some patches with the feature of the block
+    before the first choosing block."""
     import torch
     import torch.nn.functional as F
 
@@ -173,7 +175,7 @@ def depth_token_coverage(root: Path, keep: float, batch_size: int = 64) -> dict[
     model_cfg = get_config(MODEL)
     patch = model_cfg.patch_size
     out = {}
-    for variant in ("tosa", "random"):
+    for variant in registry.bypassers():  # ToSA and the random control
         method = registry.get(variant)
         options = method.natural_options(keep, model_cfg, registry.Knobs(placements=(PLACEMENT,)))
         selector = root / "selector" / "selectors.safetensors" if method.accepts_selector else None

@@ -116,6 +116,9 @@ class Method:
     #: a control condition (the random choice of tokens), not a method under study: the
     #: demo draws token pictures of the methods only
     control: bool = False
+    #: tokens a block does not choose bypass it and come back for the next one
+    #: (``BlockSelection`` kind "ran"), so each patch runs some of the choosing blocks
+    bypasses: bool = False
     #: look in figures (a matplotlib colour and marker); None: the figures pick a free
     #: colour of their colour-blind-safe palette from the name, the same every time
     colour: str | None = None
@@ -225,6 +228,11 @@ def names() -> tuple[str, ...]:
 def selector_takers() -> tuple[str, ...]:
     """The registered methods that take trained selector weights (``accepts_selector``)."""
     return tuple(n for n in names() if _REGISTRY[n].accepts_selector)
+
+
+def bypassers() -> tuple[str, ...]:
+    """The registered methods whose unchosen tokens bypass a block and come back (``bypasses``)."""
+    return tuple(n for n in names() if _REGISTRY[n].bypasses)
 
 
 def builtin_names() -> tuple[str, ...]:

@@ -433,6 +433,7 @@ class ToSAMethod(Method):
     summary = "a selector predicts the next block's attention; the top-k tokens run the block, the others bypass it"
     keep_meaning = "share of patch tokens that run each selected block: k = ceil(keep (N - 1)), CLS always runs"
     accepts_selector = True
+    bypasses = True
     match_target = True
     options = (
         OptionSpec("keep", "float", 0.5, "(0, 1]", "share of patch tokens that run each selected block", validate_keep),
