@@ -194,7 +194,7 @@ def test_plot_writes_valid_files_with_conditions(run, tmp_path):
         elif p.suffix == ".png":
             with Image.open(p) as im:
                 assert im.size[0] > 500 and im.size[1] > 300
-                assert "cpu (Test CPU), fp32, batch 8, torch 2.14.1+test, 2 threads" in im.info["Description"]
+                assert "cpu (Test CPU), fp32, batch 8, torch 2.14.1+test, eager, 2 threads" in im.info["Description"]
                 assert np.asarray(im.convert("L")).std() > 10  # not blank
         else:
             assert "torch 2.14.1+test" in p.read_text()

@@ -20,6 +20,7 @@ import tosa_bench.measure.timing as timing
 from tosa_bench.build import build_model
 from tosa_bench.methods import selector_kernel
 from tosa_bench.measure.memory import MemoryReading
+from tosa_bench.measure.compiled import COMPILE_CONVENTION
 from tosa_bench.measure.point import measure_point
 from tosa_bench.measure.spec import MAC_CONVENTION, NonFiniteOutput, Point, Settings
 from tosa_bench.measure.timing import PairedStats, TimingStats
@@ -77,7 +78,7 @@ def test_the_record_of_a_tosa_point_written_out(fakes) -> None:
         "options": {"keep": 0.5, "placement": [1, 3]},  # sorted keys, lists for tuples
         "resolved_options": {"keep": 0.5, "placement": [1, 3], "importance": "mean", "selector_hidden": 6, "selector_kernel": 3},
         "batch_size": 3, "dtype": "fp32", "device": "cpu", "checkpoint": None, "selector": None, "compile": False,
-        "conventions": {"gmacs": MAC_CONVENTION, "throughput": "images/s, median step", "latency": "ms, batch 1", "memory": "MiB"},
+        "conventions": {"compile": COMPILE_CONVENTION, "gmacs": MAC_CONVENTION, "throughput": "images/s, median step", "latency": "ms, batch 1", "memory": "MiB"},
     }
     assert list(rec["options"]) == ["keep", "placement"]
     assert rec["threads"] == torch.get_num_threads()
@@ -100,7 +101,7 @@ def test_the_record_of_a_tosa_point_written_out(fakes) -> None:
                                                                          "PyTorch ops in one piece", "PyTorch ops in chunks"}
     assert rec["speedup_paired"] == 2.0 and rec["speedup_efficiency"] == pytest.approx(2.0 / rec["speedup_ideal"], rel=1e-12)
     # latency: batch 1 at the point's size, dtype and device, the settings' steps, half the budget
-    assert fakes.latency == [("VisionTransformer", TINY_SIZE, "cpu", "fp32", 2, 5, 4.0, False)]
+    assert fakes.latency == [("VisionTransformer", TINY_SIZE, "cpu", "fp32", 2, 5, 4.0, None)]  # None: eager
     assert (rec["latency_ms_p50"], rec["latency_ms_p90"]) == (3.5, 4.25) and "latency_ms_p10" not in rec
     # CPU memory: the child's high-water mark minus the RSS before the forward
     assert fakes.cpu == [(point, torch.get_num_threads())]
@@ -116,8 +117,8 @@ def test_latency_without_a_budget_and_a_dense_point_keeps_no_keep(fakes, monkeyp
     monkeypatch.setattr(torch, "compile", lambda m, *a, **k: m)
     rec = measure_point(Point("test_tiny", "dense", batch_size=2, dtype="bf16", device="cpu", compile=True),
                         Settings(warmup=1, repeats=3, memory=False, paired=False), model=build_model("test_tiny"))
-    assert fakes.latency == [("VisionTransformer", TINY_SIZE, "cpu", "bf16", 1, 3, None, True)]
-    assert rec["keep"] is None and rec["resolved_options"] == {} and rec["compile"] is True and rec["dtype"] == "bf16"
+    assert fakes.latency == [("VisionTransformer", TINY_SIZE, "cpu", "bf16", 1, 3, None, "default")]  # true: the default mode
+    assert rec["keep"] is None and rec["resolved_options"] == {} and rec["compile"] == "default" and rec["dtype"] == "bf16"
     assert rec["kernel_paths"] == []  # dense has no module that runs more than one way
 
 

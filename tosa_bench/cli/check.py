@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 import typer
 
-from tosa_bench.cli.common import app, guarded, out, output_file, say
+from tosa_bench.cli.common import COMPILE_MODE_HELP, app, compile_modes, guarded, out, output_file, say
 from tosa_bench.errors import OptionError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -107,6 +107,8 @@ def check_command(
     baseline: Path = typer.Option(..., "--baseline", help="Baseline JSON (e.g. results/baselines/ci-cpu.json)."),
     suite: Optional[Path] = typer.Option(None, "--suite", help="Suite to run (file or a name in suites/, e.g. ci)."),
     run: Optional[Path] = typer.Option(None, "--run", help="Compare this finished run instead of running the suite."),
+    compile: bool = typer.Option(False, "--compile", help="Run the suite compiled (mode: --compile-mode); its points then match only compiled baseline points."),
+    compile_mode: Optional[list[str]] = typer.Option(None, "--compile-mode", help=COMPILE_MODE_HELP),
     update_baseline: bool = typer.Option(False, "--update-baseline", help="Write the run as the new baseline (with its environment) and exit 0."),
     on_noisy: OnNoisy = typer.Option(OnNoisy.pass_, "--on-noisy", help="A speed-up still noisy after re-measuring (beyond the tolerance, inside the noise): pass (default: reported, the gate passes) or fail (exit 1)."),
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory for the suite (default runs/check-<suite>-<UTC time>)."),
@@ -120,8 +122,11 @@ def check_command(
 
     if (suite is None) == (run is None):
         raise OptionError("check: give exactly one of --suite (run it now) and --run DIR (a finished run)")
+    modes = compile_modes(compile, compile_mode)
+    if modes is not None and run is not None:
+        raise OptionError("check: --compile/--compile-mode apply to a suite run now (--suite), not to a finished --run")
     base = None if update_baseline else read_baseline(baseline)  # bad input stops us before any measuring
-    judged = _run_dir(suite, run, out_dir)
+    judged = _run_dir(suite, run, out_dir, modes)
     run_dir, tolerances, name = judged.path, dict(judged.suite.tolerance), judged.suite.name
     if update_baseline:
         make_baseline(load_run(run_dir), name)  # a run with failed points is refused before anything is measured again
@@ -185,7 +190,7 @@ class _Judged:
     fresh: bool
 
 
-def _run_dir(suite: Optional[Path], run: Optional[Path], out_dir: Optional[Path]) -> _Judged:
+def _run_dir(suite: Optional[Path], run: Optional[Path], out_dir: Optional[Path], modes: Optional[tuple[str, ...]] = None) -> _Judged:
     """The run to judge with its suite (tolerances, name, re-measure budget) and grid:
     --run as given (its stored suite), or the suite measured now into a fresh directory."""
     from tosa_bench.results.store import RunStore
@@ -197,7 +202,7 @@ def _run_dir(suite: Optional[Path], run: Optional[Path], out_dir: Optional[Path]
         return _Judged(Path(run), stored, grid, fresh=False)
     from tosa_bench.cli.sweep import run_plan
 
-    resolved = load_suite(suite)
+    resolved = load_suite(suite).with_overrides(compile=modes)
     if out_dir is None:
         stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
         out_dir = Path("runs") / f"check-{resolved.name}-{stamp}"

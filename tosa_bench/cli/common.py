@@ -238,6 +238,28 @@ DEPTH_CHECKPOINT_HELP = "Depth model weights (backbone.* + head.*, as saved by t
 WORKERS_HELP = "DataLoader worker processes (default: CPU cores - 1, at most 8)."
 
 
+COMPILE_HELP = "torch.compile the model and its dense twin (mode: --compile-mode, default 'default'); compile time is recorded, never timed."
+COMPILE_MODE_HELP = ("eager, default, max-autotune or reduce-overhead; comma-separated or repeated for several "
+                     "(e.g. eager,default: a point of each, so eager and compiled sit in one run).")
+
+
+def compile_modes(compile: bool, modes: Optional[list[str]], option: str = "--compile-mode") -> Optional[tuple[str, ...]]:
+    """The compile modes asked for: ``--compile-mode`` values (comma lists allowed), else
+    ("default",) for a bare ``--compile``, else None (the suite's own). A mode that is not
+    one raises OptionError naming the choices."""
+    from tosa_bench.measure.spec import COMPILE_MODES, EAGER
+
+    if not modes:
+        return ("default",) if compile else None
+    given = [m.strip() for text in modes for m in text.split(",") if m.strip()]
+    bad = [m for m in given if m not in (EAGER, *COMPILE_MODES)]
+    if bad or not given:
+        raise OptionError(f"{option}: expected {EAGER} or a torch.compile mode ({', '.join(COMPILE_MODES)}), got {(bad or modes)[0]!r}")
+    if compile and given == [EAGER]:
+        raise OptionError(f"--compile with {option} eager: eager is no compile; leave one of them out")
+    return tuple(dict.fromkeys(given))
+
+
 def deprecated_alias(value, old_value, new: str, old: str):
     """The value of option ``new``, taking the deprecated ``old`` name's value (with a
     note saying so) when only that was given; both given is an OptionError."""

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from tosa_bench.cli.common import (BATCH_HELP, CHECKPOINT_HELP, FUSE_HELP, IMPORTANCE_HELP, PLACEMENT_HELP, SEED_HELP, SELECTOR_HELP,
+from tosa_bench.cli.common import (BATCH_HELP, CHECKPOINT_HELP, COMPILE_HELP, compile_modes, FUSE_HELP, IMPORTANCE_HELP, PLACEMENT_HELP, SEED_HELP, SELECTOR_HELP,
                                    STUDIED_VARIANT, VARIANT_HELP, DType, app, check_output_file, default_batch_size, deprecated_alias, guarded, json_safe,
                                    out, output_file, parse_size, point_options)
 from tosa_bench.errors import OptionError
@@ -36,7 +36,8 @@ def profile_command(
     time_budget: Annotated[Optional[float], typer.Option("--time-budget", help="Seconds for the throughput phase, half that for latency (default: 12 on CPU, unlimited on GPU).")] = None,
     warmup: Annotated[int, typer.Option(min=0, help="Warm-up steps (not timed).")] = 10,
     repeats: Annotated[int, typer.Option(min=1, help="Timed steps (median and spread reported).")] = 40,
-    compile: Annotated[bool, typer.Option("--compile", help="Time a torch.compile'd model.")] = False,
+    compile: Annotated[bool, typer.Option("--compile", help=COMPILE_HELP)] = False,
+    compile_mode: Annotated[Optional[str], typer.Option("--compile-mode", help="eager, default, max-autotune or reduce-overhead (one).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
     out_file: Annotated[Optional[Path], typer.Option("--out", "-o", help="Also write the JSON record (with the environment record) to this file.")] = None,
     save: Annotated[Optional[Path], typer.Option("--save", hidden=True, help="Deprecated name of --out.")] = None,
@@ -51,7 +52,7 @@ def profile_command(
     from tosa_bench.measure.env import environment_record
     from tosa_bench.measure.fit import check_fits
     from tosa_bench.measure.point import measure_point
-    from tosa_bench.measure.spec import Point, Settings, build_point_model, resolve_device
+    from tosa_bench.measure.spec import EAGER, Point, Settings, build_point_model, resolve_device
     from tosa_bench.models.configs import get_config
     from tosa_bench.precision import resolve_autocast
 
@@ -60,6 +61,9 @@ def profile_command(
         check_output_file(target, "--out")  # before any work: a measurement is never lost
     if time_budget is not None and not 0 < time_budget < float("inf"):
         raise OptionError(f"--time-budget: expected a number of seconds > 0, got {time_budget}")
+    modes = compile_modes(compile, [compile_mode] if compile_mode else None) or (EAGER,)
+    if len(modes) != 1:
+        raise OptionError(f"--compile-mode: profile measures one point, give one mode, got {compile_mode!r}")
     side = parse_size(img_size, "--img-size", square=True)[0] if img_size is not None else None
     resolved = resolve_device(device)
     resolve_autocast(dtype.value, resolved)  # fp16 on CPU etc. fails here, before any work
@@ -67,7 +71,7 @@ def profile_command(
     batch = batch_size or default_batch_size(resolved)
     check_fits(model, cfg.img_size, cfg.img_size, batch, dtype.value, resolved)
     options = point_options(variant, keep, cfg, placement=placement, tome_r=tome_r, evit_loc=evit_loc, fuse=fuse, seed=seed, importance=importance)
-    point = Point(model, variant, options, batch, dtype.value, resolved, side, str(checkpoint) if checkpoint else None, str(selector) if selector else None, compile)
+    point = Point(model, variant, options, batch, dtype.value, resolved, side, str(checkpoint) if checkpoint else None, str(selector) if selector else None, modes[0])
     net = build_point_model(point)  # bad model/options/weights fail here, before any measurement
     budget = time_budget if time_budget is not None else (12.0 if resolved == "cpu" else None)
     settings = Settings(timing=not no_timing, warmup=warmup, repeats=repeats, time_budget_s=budget, pair_budget_s=budget)

@@ -14,7 +14,8 @@ from typing import Any, Optional
 
 import typer
 
-from tosa_bench.cli.common import DType, VARIANT_HELP, app, check_output_file, deprecated_alias, err, guarded, out, output_file, say
+from tosa_bench.cli.common import (COMPILE_HELP, COMPILE_MODE_HELP, DType, VARIANT_HELP, app, check_output_file, compile_modes, deprecated_alias, err,
+                                   guarded, out, output_file, say)
 from tosa_bench.errors import OptionError
 
 SWEEP_HELP = """Measure a grid of models x variants x settings, storing each point.
@@ -170,6 +171,8 @@ def sweep_command(
     match: Optional[Match] = typer.Option(None, "--match", help="gmacs: ToMe/EViT at ToSA's GMACs (see above)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the random control."),
     fuse: Optional[bool] = typer.Option(None, "--fuse/--no-fuse", help="EViT: fuse the dropped tokens into one (--no-fuse drops them)."),
+    compile: bool = typer.Option(False, "--compile", help=COMPILE_HELP),
+    compile_mode: Optional[list[str]] = typer.Option(None, "--compile-mode", help=COMPILE_MODE_HELP),
     importance: Optional[str] = typer.Option(None, "--importance", help="ToSA importance rule: mean (attention received, over heads and queries; default) or cls (from the CLS query; needs only the CLS row of the maps)."),
     imagenet: Optional[Path] = typer.Option(None, "--imagenet", help="ImageNet-val folder: adds top1/top5 per point."),
     nyu: Optional[Path] = typer.Option(None, "--nyu", help="NYU Depth v2 (.mat, folder or BTS list): depth metrics per point."),
@@ -202,6 +205,7 @@ def sweep_command(
         models=_tuple(model), variants=_tuple(variant), keeps=_tuple(keep), placements=_tuple(placement),
         tome_r=_tuple(tome_r), evit_locations=_tuple(evit_loc), batch_size=_tuple(batch_size), dtypes=_tuple(dtype),
         devices=_tuple(device), img_size=img_size, match=match.value if match else None, seed=seed, importance=importance, fuse=fuse,
+        compile=compile_modes(compile, compile_mode),
         checkpoint=weights_table(checkpoint, "--checkpoint"), selector=weights_table(selector, "--selector"),
         depth_checkpoint=weights_table(depth_checkpoint, "--depth-checkpoint"),
         imagenet=str(imagenet) if imagenet else None, nyu=str(nyu) if nyu else None, limit=limit,
@@ -330,23 +334,24 @@ def _print_grid(points: list, suite: Any, title: Optional[str] = None) -> None:
     from rich.table import Table
 
     from tosa_bench.measure.analytic import analytic_gmacs
+    from tosa_bench.measure.spec import EAGER
     from tosa_bench.results.tables import _model_name
 
-    heads = ("hash", "model", "variant", "options", "keeps", "batch", "dtype", "device", "GMACs")
+    heads = ("hash", "model", "variant", "options", "keeps", "batch", "dtype", "device", "compile", "GMACs")
     rows = []
     for gp in points:
         p = gp.point
         g = analytic_gmacs(p.model, p.variant, p.options, p.img_size)
         rows.append((gp.hash, _model_name(p.model), p.variant, _short(p.options), ",".join(map(str, gp.keeps)) or "-",
-                     str(p.batch_size), p.dtype, p.device, f"{g:.3f}"))
-    constant = {i for i in (1, 5, 6, 7) if len({r[i] for r in rows}) == 1 and rows}
+                     str(p.batch_size), p.dtype, p.device, p.compile or EAGER, f"{g:.3f}"))
+    constant = {i for i in (1, 5, 6, 7, 8) if len({r[i] for r in rows}) == 1 and rows}
     shown = [i for i in range(len(heads)) if i not in constant]
     common = ", ".join(f"{heads[i]} {rows[0][i]}" for i in sorted(constant))
     t = Table(title=(title or f"grid of {suite.name}: {len(points)} points (nothing measured)") + (f"; {common}" if common else ""),
               caption="GMACs per image from the closed-form formula (no forward pass)")
     for i in shown:
         longest_word = max([len(w) for r in rows for w in r[i].split()] + [len(w) for w in heads[i].split()])
-        t.add_column(heads[i], overflow="fold", min_width=longest_word, no_wrap=i in (0, 4, 5, 8))
+        t.add_column(heads[i], overflow="fold", min_width=longest_word, no_wrap=i in (0, 4, 5, 9))
     for r in rows:
         t.add_row(*[r[i] for i in shown])
     _print_wide(t)

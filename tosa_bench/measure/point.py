@@ -54,6 +54,7 @@ from tosa_bench.build import build_model
 from tosa_bench.measure.analytic import analytic_macs
 from tosa_bench.measure.cpu_peak import measure_cpu_peak
 from tosa_bench.measure.flops import count_macs
+from tosa_bench.measure.compiled import COMPILE_CONVENTION
 from tosa_bench.measure.spec import MAC_CONVENTION, NonFiniteOutput, Point, Settings, build_point_model, resolve_device
 from tosa_bench.methods import registry
 from tosa_bench.methods.base import TokenReducer
@@ -157,41 +158,49 @@ def _throughput(model, point: Point, settings: Settings, device: str) -> dict[st
     the same name, weights, batch, dtype and device (``settings.paired``), so its
     ``speedup_paired`` is a ratio measured under the same conditions; dense, or
     ``paired=False``, is timed alone. Without a checkpoint the dense twin takes the
-    variant's backbone weights, so the two differ only in the method."""
+    variant's backbone weights, so the two differ only in the method. A compiled point
+    compiles both the same way, before anything is timed (:mod:`.compiled`)."""
+    from tosa_bench.measure.compiled import compile_fields
     from tosa_bench.measure.timing import measure_throughput
 
     if not settings.paired or (registry.is_dense(point.variant) and not settings.pair_dense):
         tp = measure_throughput(model, point.batch_size, model.cfg.img_size, device, point.dtype, settings.warmup, settings.repeats, settings.time_budget_s, point.compile)
-        return _throughput_fields(tp["images_per_s"], tp["images_per_s_low"], tp["images_per_s_high"], tp["step_time_s_median"], tp["step_time_s_p10"], tp["step_time_s_p90"], tp["repeats"], tp["warmup_steps"], tp["timer"])
-    pair = _paired(model, point, settings, device)
+        out = _throughput_fields(tp["images_per_s"], tp["images_per_s_low"], tp["images_per_s_high"], tp["step_time_s_median"], tp["step_time_s_p10"], tp["step_time_s_p90"], tp["repeats"], tp["warmup_steps"], tp["timer"])
+        return {**out, **compile_fields(tp.get("compile_info"))}
+    pair, compiled = _paired(model, point, settings, device)
     b, a = pair.b, pair.a
     out = _throughput_fields(point.batch_size / b.median_s, point.batch_size / b.max_s, point.batch_size / b.min_s, b.median_s, b.p10_s, b.p90_s, b.repeats, b.warmup_steps, b.timer)
-    out.update(dense_throughput_img_s_paired=point.batch_size / a.median_s, **_speedup_fields(pair, settings))
+    out.update(dense_throughput_img_s_paired=point.batch_size / a.median_s, **_speedup_fields(pair, settings), **compile_fields(*compiled))
     return out
 
 
 def _paired(model, point: Point, settings: Settings, device: str):
-    """``model`` timed against its dense twin (:func:`_throughput`): the PairedStats."""
-    from tosa_bench.measure.timing import default_timer, measure_paired
+    """``model`` timed against its dense twin (:func:`_throughput`): the PairedStats and
+    the (variant, dense) :class:`~tosa_bench.measure.compiled.CompileInfo` (None, None
+    for an eager point)."""
+    from tosa_bench.measure.compiled import compile_and_warm_together, fresh_compile, maybe_no_recompiles
+    from tosa_bench.measure.timing import _sync_of, default_timer, measure_paired
 
     dense = build_model(point.model, registry.DENSE, checkpoint=point.checkpoint, img_size=point.img_size)
     if point.checkpoint is None:
         dense.load_state_dict(model.state_dict(), strict=False)  # the method's own modules are not dense's
     dense = dense.to(device).eval()
-    runners = [torch.compile(m) if point.compile else m for m in (dense, model.eval())]
     dev = torch.device(device)
     images = _images(point.batch_size, model.cfg.img_size, dev)
 
-    def step_of(run):
-        def step() -> None:
-            with torch.inference_mode(), autocast(point.dtype, dev):
-                run(images)
+    def call(run) -> None:
+        with torch.inference_mode(), autocast(point.dtype, dev):
+            run(images)
 
-        return step
-
-    return measure_paired(step_of(runners[0]), step_of(runners[1]), default_timer(dev), warmup=max(settings.warmup, int(point.compile)),
-                          steps_per_round=settings.pair_steps, min_rounds=settings.pair_min_rounds, max_rounds=settings.pair_rounds_max,
-                          time_budget_s=settings.pair_budget, target_halfwidth=settings.pair_target)
+    run_dense, run_variant, dense_info, variant_info = dense, model.eval(), None, None
+    if point.compile:  # both compiled the same way and warmed before any timing
+        fresh_compile()
+        (run_dense, run_variant), (dense_info, variant_info) = compile_and_warm_together([dense, model], point.compile, call, _sync_of(dev))
+    with maybe_no_recompiles(bool(point.compile), "paired throughput"):
+        pair = measure_paired(lambda: call(run_dense), lambda: call(run_variant), default_timer(dev), warmup=settings.warmup,
+                              steps_per_round=settings.pair_steps, min_rounds=settings.pair_min_rounds, max_rounds=settings.pair_rounds_max,
+                              time_budget_s=settings.pair_budget, target_halfwidth=settings.pair_target)
+    return pair, (variant_info, dense_info)
 
 
 def _speedup_fields(pair, settings: Settings) -> dict[str, Any]:
@@ -227,7 +236,7 @@ def remeasure_speedup(point: Point, settings: Settings, previous: Mapping[str, A
     device = resolve_device(point.device)
     model = build_point_model(point).to(device)
     _check_finite(model, point, device)  # settles the chunk budgets before anything is timed, as measure_point does
-    pair = _paired(model, point, settings, device)
+    pair, _ = _paired(model, point, settings, device)
     pooled = PairedStats(pair.a, pair.b, tuple(rounds) + pair.round_ratios, pair.level)
     record = {**previous, **_speedup_fields(pooled, settings), "pair_measurements": int(previous.get("pair_measurements") or 1) + 1}
     record["speedup_efficiency"] = _efficiency(record)
@@ -280,8 +289,8 @@ def measure_point(point: Point, settings: Settings = Settings(), stage: Callable
         "device": device,
         "checkpoint": point.checkpoint,
         "selector": point.selector,
-        "compile": point.compile,
-        "conventions": {"gmacs": MAC_CONVENTION, "throughput": "images/s, median step", "latency": "ms, batch 1", "memory": "MiB"},
+        "compile": point.compile or False,
+        "conventions": {"compile": COMPILE_CONVENTION, "gmacs": MAC_CONVENTION, "throughput": "images/s, median step", "latency": "ms, batch 1", "memory": "MiB"},
     }
     stage("count")
     record.update(count_point(model))
@@ -290,7 +299,7 @@ def measure_point(point: Point, settings: Settings = Settings(), stage: Callable
     _check_finite(model, point, device)
     record["threads"] = torch.get_num_threads()
     record["cpu_chunks"] = used_by(model)  # settled by the check's forward, before any timing
-    record["kernel_paths"] = model.reducer.kernel_paths()
+    record["kernel_paths"] = model.reducer.kernel_paths(compiled=bool(point.compile))
     if settings.timing:
         from tosa_bench.measure.timing import measure_latency
 

@@ -24,6 +24,33 @@ from tosa_bench.errors import OptionError
 MAC_CONVENTION = "GMACs per image: fvcore multiply-accumulates + handles for SDPA/softmax/GELU; LayerNorm 5/elem; GFLOPs = 2 x GMACs"
 
 
+#: the modes of ``torch.compile`` a point can be measured in ("eager" is no compile)
+COMPILE_MODES = ("default", "max-autotune", "reduce-overhead")
+EAGER = "eager"
+
+
+def compile_mode(value: Any) -> str | None:
+    """A point's compile setting as a mode name, or None for eager. Accepts a mode, "eager"
+    / "none" / None / False (eager) and True ("default", what ``compile = true`` meant
+    before modes); anything else is an ``OptionError`` naming the modes."""
+    if value is None or value is False or value in (EAGER, "none"):
+        return None
+    if value is True:
+        return "default"
+    if isinstance(value, str) and value in COMPILE_MODES:
+        return value
+    raise OptionError(f"compile: expected {EAGER} or a torch.compile mode ({', '.join(COMPILE_MODES)}), got {value!r}")
+
+
+def compile_label(record: dict[str, Any]) -> str:
+    """How a record's model ran: "eager" or the torch.compile mode (records of older runs
+    hold True/False)."""
+    try:
+        return compile_mode(record.get("compile")) or EAGER
+    except OptionError:
+        return str(record.get("compile"))
+
+
 class NonFiniteOutput(RuntimeError):
     """The model produced NaN/Inf: the point is recorded as an error, not measured."""
 
@@ -55,12 +82,20 @@ class Point:
     img_size: int | None = None
     checkpoint: str | None = None
     selector: str | None = None
-    compile: bool = False
+    #: torch.compile mode ("default", "max-autotune", "reduce-overhead"), or None for
+    #: eager; True and False (older runs' files) read as "default" and None
+    compile: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "compile", compile_mode(self.compile))
 
     def config(self) -> dict[str, Any]:
-        """Canonical JSON-able form (options sorted, lists for tuples)."""
+        """Canonical JSON-able form (options sorted, lists for tuples). An eager point
+        writes ``compile: false``, as every point did before compile had modes, so the
+        hashes of eager points (and the runs that resume by them) stay what they were."""
         d = asdict(self)
         d["options"] = json.loads(json.dumps(self.options, sort_keys=True))
+        d["compile"] = self.compile or False
         return d
 
     def config_hash(self) -> str:

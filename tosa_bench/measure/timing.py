@@ -296,28 +296,40 @@ def _run(
     warmup: int,
     repeats: int,
     time_budget_s: float | None,
-    compile: bool,
+    compile: str | None,
     timer: StepTimer | None,
+    phase: str,
 ) -> tuple[TimingStats, dict[str, Any]]:
+    from tosa_bench.measure.compiled import compile_and_warm, fresh_compile, maybe_no_recompiles
+
     dev = torch.device(device)
     resolve_autocast(dtype, dev)  # validates dtype before any work
     if batch_size < 1:
         raise OptionError(f"batch_size must be >= 1, got {batch_size}")
     h, w = _image_hw(img_size)
     model = model.eval().to(dev)
-    runner: Callable[..., Any] = torch.compile(model) if compile else model
     gen = torch.Generator().manual_seed(0)
     images = torch.randn(batch_size, 3, h, w, generator=gen).to(dev)
 
-    def step() -> None:
+    def call(run: Callable[..., Any]) -> None:
         with torch.inference_mode(), autocast(dtype, dev):
-            runner(images)
+            run(images)
 
-    if compile:
-        warmup = max(warmup, 1)  # compilation happens in the first call: never time it
-    stats = measure(step, warmup, repeats, timer or default_timer(dev), time_budget_s)
-    meta = {"batch_size": batch_size, "img_size": [h, w], "device": str(dev), "dtype": dtype, "compile": compile}
+    runner: Callable[..., Any] = model
+    info = None
+    if compile:  # compiled and warmed here, outside the timed steps
+        fresh_compile()
+        runner, info = compile_and_warm(model, compile, call, sync=_sync_of(dev))
+    with maybe_no_recompiles(bool(compile), phase):
+        stats = measure(lambda: call(runner), warmup, repeats, timer or default_timer(dev), time_budget_s)
+    meta = {"batch_size": batch_size, "img_size": [h, w], "device": str(dev), "dtype": dtype, "compile": compile or False,
+            "compile_info": info}
     return stats, meta
+
+
+def _sync_of(dev: torch.device) -> Callable[[], None]:
+    """Wait for ``dev``'s queued work (CUDA); nothing on a CPU, whose ops are synchronous."""
+    return (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
 
 
 def measure_throughput(
@@ -329,18 +341,20 @@ def measure_throughput(
     warmup: int = 10,
     repeats: int = 40,
     time_budget_s: float | None = None,
-    compile: bool = False,
+    compile: str | None = None,
     timer: StepTimer | None = None,
 ) -> dict[str, Any]:
     """Images/s of ``model`` on random (batch_size, 3, H, W) inputs.
 
     The model is put in eval mode and moved to ``device`` (in place). ``dtype``: "fp32",
     "fp16" or "bf16"; the latter two run under ``torch.autocast`` (fp16 is refused on the
-    CPU). ``compile=True`` wraps the model in ``torch.compile`` and forces >= 1 warm-up step.
+    CPU). ``compile``: a ``torch.compile`` mode (None: eager); the model is compiled and warmed
+    before the timed steps (``compile_info`` in the result says how long that took) and a
+    recompile during them raises :class:`~tosa_bench.measure.compiled.RecompiledWhileTimed`.
     Returns the meta data, ``images_per_s`` (from the median step) with
     ``images_per_s_low``/``_high`` (at the max/min step), and :meth:`TimingStats.summary`.
     """
-    stats, meta = _run(model, batch_size, img_size, device, dtype, warmup, repeats, time_budget_s, compile, timer)
+    stats, meta = _run(model, batch_size, img_size, device, dtype, warmup, repeats, time_budget_s, compile, timer, "throughput")
     tp = stats.throughput(batch_size)
     return {
         **meta,
@@ -359,13 +373,13 @@ def measure_latency(
     warmup: int = 10,
     repeats: int = 40,
     time_budget_s: float | None = None,
-    compile: bool = False,
+    compile: str | None = None,
     timer: StepTimer | None = None,
 ) -> dict[str, Any]:
     """Batch-1 latency of ``model``: ``latency_ms_p50`` (median) and ``latency_ms_p90``, in
     milliseconds, plus :meth:`TimingStats.summary`. Same protocol and arguments as
     :func:`measure_throughput`."""
-    stats, meta = _run(model, 1, img_size, device, dtype, warmup, repeats, time_budget_s, compile, timer)
+    stats, meta = _run(model, 1, img_size, device, dtype, warmup, repeats, time_budget_s, compile, timer, "latency")
     return {**meta, "latency_ms_p50": stats.latency_ms_p50, "latency_ms_p90": stats.latency_ms_p90, **stats.summary()}
 
 

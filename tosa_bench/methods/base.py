@@ -16,6 +16,10 @@ from torch import Tensor, nn
 
 from tosa_bench.errors import OptionError
 
+#: how a method's own modules run under ``torch.compile``: they skip their hand-written
+#: kernels (a call into one would break the graph) and the compiler fuses their ops
+COMPILED_PATH = "PyTorch ops compiled by torch.compile"
+
 
 @dataclass(frozen=True)
 class BlockTokens:
@@ -139,11 +143,14 @@ class TokenReducer(nn.Module):
         """The method's resolved options (for records and tables)."""
         return {}
 
-    def kernel_paths(self) -> list[str]:
-        """How the method's own modules ran their last forward, where they can run more
-        than one way (ToSA's selector: a Triton kernel, the fused CPU kernel or PyTorch
-        ops): the distinct ``last_path`` of its submodules, sorted; [] for the others."""
-        return sorted({p for m in self.modules() if (p := getattr(m, "last_path", None))})
+    def kernel_paths(self, compiled: bool = False) -> list[str]:
+        """How the method's own modules ran their last eager forward, where they can run
+        more than one way (ToSA's selector: a Triton kernel, the fused CPU kernel or PyTorch
+        ops): the distinct ``last_path`` of its submodules, sorted; [] for the others.
+        ``compiled``: the model runs under ``torch.compile``, where those modules leave
+        their ops to the compiler (:data:`COMPILED_PATH`)."""
+        paths = sorted({p for m in self.modules() if (p := getattr(m, "last_path", None))})
+        return [COMPILED_PATH] if compiled and paths else paths
 
     def forward(self, blocks: nn.ModuleList, x: Tensor, collect: tuple[int, ...] = (), need_full: bool = False) -> ReducerOutput:
         counts, inter = [], {}

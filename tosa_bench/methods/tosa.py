@@ -137,7 +137,8 @@ class TokenSelector(Chunked, nn.Module):
     """
 
     #: how the last :meth:`received` ran ("triton kernel", "fused CPU kernel (64-byte
-    #: vectors)", "PyTorch ops ..." with the reason on CUDA); records list these (``kernel_paths``)
+    #: vectors)", "PyTorch ops ..." with the reason on CUDA); records list these
+    #: (``kernel_paths``). Under ``torch.compile`` the ops are left to the compiler.
     last_path: str | None = None
 
     def __init__(self, num_heads: int, hidden: int | None = None, kernel: int = 3) -> None:
@@ -248,6 +249,8 @@ class TokenSelector(Chunked, nn.Module):
         the fused CPU kernel; the default: on a CPU what was calibrated on this machine, on
         CUDA the Triton kernel where it takes the maps)."""
         B, _, R, N = logits.shape
+        if torch.compiler.is_compiling():  # inductor fuses these ops itself; a kernel call would break the graph
+            budget_bytes = None
         if budget_bytes == CALIBRATED and logits.device.type == "cuda":
             why = "the predicted logits are kept" if keep_logits else selector_triton.unavailable_reason(logits)
             if why is None:
@@ -340,6 +343,10 @@ class ToSAReducer(TokenReducer):
             out.update(importance=self.importance, selector_hidden=self.selector_hidden, selector_kernel=self.selector_kernel)
         return out
 
+    def prepare(self, x: Tensor, active: tuple[int, ...]) -> None:
+        """Called once per forward before the blocks, with the blocks that will choose
+        (``active``): ToSA needs nothing ahead; the random control draws its scores here."""
+
     def choose(self, block: int, x: Tensor, maps: Tensor | None, k: int, keep_logits: bool) -> tuple[Tensor, Tensor | None]:
         """Tokens that run ``block``: (B, k+1) sorted indices with CLS first, and the
         predicted logits (B, H, rows, N) when ``keep_logits`` (the next selector's input,
@@ -361,6 +368,7 @@ class ToSAReducer(TokenReducer):
         rows = 1 if self.importance == "cls" else n
         counts, inter, maps = [], {}, None
         self.predictions, self.last_selection = {}, {}
+        self.prepare(x, active)
         for i, blk in enumerate(blocks):
             if i in active:
                 idx, maps = self.choose(i, x, maps, k, keep_logits=i + 1 in active)
@@ -398,11 +406,22 @@ class RandomReducer(ToSAReducer):
     def options(self) -> dict:
         return {**super().options(), "seed": self.seed}
 
+    def prepare(self, x: Tensor, active: tuple[int, ...]) -> None:
+        self._scores = self._draw(x.shape[0], x.shape[1] - 1, len(active), x.device)
+
     def choose(self, block: int, x: Tensor, maps: Tensor | None, k: int, keep_logits: bool) -> tuple[Tensor, None]:
-        if self._generator is None or self._generator.device != x.device:
-            self._generator = torch.Generator(device=x.device).manual_seed(self.seed)
-        scores = torch.rand(x.shape[0], x.shape[1] - 1, generator=self._generator, device=x.device)
+        scores = self._scores[self.placement.index(block)]
         return _with_cls(scores.topk(k, dim=1).indices), None
+
+    @torch.compiler.disable
+    def _draw(self, images: int, patches: int, blocks: int, device: torch.device) -> list[Tensor]:
+        """``blocks`` tensors of (images, patches) uniform scores from the seeded generator,
+        one per choosing block in order (the sequence drawn one block at a time). Drawn
+        eagerly and all at once under ``torch.compile`` (a generator cannot be traced): one
+        break before the blocks, and the blocks stay one compiled graph."""
+        if self._generator is None or self._generator.device != device:
+            self._generator = torch.Generator(device=device).manual_seed(self.seed)
+        return [torch.rand(images, patches, generator=self._generator, device=device) for _ in range(blocks)]
 
 
 # --------------------------------------------------------------------------- declarations

@@ -68,11 +68,19 @@ METRICS: tuple[Metric, ...] = (
 )
 METRIC_NAMES = tuple(m.name for m in METRICS)
 VERDICTS = ("same", "improved", "regressed", "changed", "noisy", "info", "not compared")
-GROUP_FIELDS = ("model", "batch_size", "dtype", "device", "img_size")
+GROUP_FIELDS = ("model", "batch_size", "dtype", "device", "img_size", "compile")
 
 
 def _name(path: Any) -> str | None:
     return Path(str(path)).name if path else None
+
+
+def compile_mode_of(record: Mapping[str, Any]) -> str | None:
+    """The record's torch.compile mode, None for eager (True in older records: "default")."""
+    from tosa_bench.measure.spec import EAGER, compile_label
+
+    label = compile_label(dict(record))
+    return None if label == EAGER else label
 
 
 def point_config(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -85,7 +93,8 @@ def point_config(record: Mapping[str, Any]) -> dict[str, Any]:
         "batch_size": record.get("batch_size"),
         "dtype": record.get("dtype"),
         "img_size": record.get("img_size"),
-        "compile": bool(record.get("compile")),
+        # the torch.compile mode; eager stays false, as in baselines written before modes
+        "compile": compile_mode_of(record) or False,
         "device_type": device.split(":")[0],
         "checkpoint": _name(record.get("checkpoint")),
         "selector": _name(record.get("selector")),
@@ -95,8 +104,10 @@ def point_config(record: Mapping[str, Any]) -> dict[str, Any]:
 def point_label(record: Mapping[str, Any]) -> str:
     """A short human label: ``test_tiny tosa keep=0.5 b2 fp32 cpu``."""
     opts = " ".join(f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in (record.get("options") or {}).items())
+    mode = compile_mode_of(record.get("config") or record)
     parts = [str(record.get("model")), str(record.get("variant")), opts, f"b{record.get('batch_size')}",
-             str(record.get("dtype")), str(record.get("device_type") or str(record.get("device") or "").split(":")[0])]
+             str(record.get("dtype")), str(record.get("device_type") or str(record.get("device") or "").split(":")[0]),
+             f"compiled {mode}" if mode else ""]
     return " ".join(p for p in parts if p)
 
 

@@ -173,7 +173,7 @@ def run_labels(paths: Sequence[Path]) -> list[str]:
 
 def conditions(run: RunData, df: pd.DataFrame) -> str:
     """The measurement conditions of one run in words: device (name), dtype, batch,
-    torch version, CPU threads."""
+    torch version, eager or compiled, CPU threads."""
     env = run.env or {}
     devices = ", ".join(dict.fromkeys(df["device"].astype(str)))
     name = env.get("device_name")
@@ -181,7 +181,8 @@ def conditions(run: RunData, df: pd.DataFrame) -> str:
     parts = [f"{devices}" + (f" ({name})" if name else ""),
              ", ".join(dict.fromkeys(df["dtype"].astype(str))),
              "batch " + ", ".join(dict.fromkeys(df["batch_size"].astype(str))),
-             f"torch {env.get('torch', '?')}"]
+             f"torch {env.get('torch', '?')}",
+             ", ".join(m if m == "eager" else f"torch.compile {m}" for m in dict.fromkeys(df["compile"].astype(str)))]
     if threads and devices == "cpu":
         parts.append(f"{', '.join(map(str, sorted(threads)))} threads")
     models = ", ".join(MODEL_NAMES.get(m, m) for m in dict.fromkeys(df["model"].astype(str)))
@@ -210,6 +211,8 @@ def plot_data(run_dirs: Sequence[str | Path] | Sequence[RunData], aggregate: boo
         extra = [_row_extras(by_hash.get(h) or {}, keep) for h, keep in zip(df["config_hash"], df["keep"])]
         for col in ("curve", "point_label", "tokens_attn"):
             df[col] = [e[col] for e in extra]
+        if df["compile"].nunique() > 1:  # eager and compiled in one run: their curves differ by line style
+            df["curve"] = [", ".join(filter(None, (c, m))) for c, m in zip(df["curve"], df["compile"])]
         conds[label] = conditions(run, df)
         if run.torn_tail or run.bad_lines:
             notes.append(f"{run.path}: damaged lines of records.jsonl were skipped")

@@ -4,7 +4,8 @@ One row per record and grid keep (a point standing for two keeps gets a row for 
 with the method's label and setting from the method registry
 (:mod:`tosa_bench.methods.registry`; a variant it does not know, from an older run or a
 plugin not loaded, keeps its name as label and "-" as setting), and ratio columns to dense
-of the same model, image size, batch size, dtype and device: ``speedup`` = the point's
+of the same model, image size, batch size, dtype, device and compile mode (a compiled
+point is timed against a dense twin compiled the same way): ``speedup`` = the point's
 ``speedup_paired`` (dense and variant timed in alternating rounds inside the point), or
 throughput / dense throughput for records without it; ``gmacs_ratio`` = GMACs / dense
 GMACs. Rows are sorted by group (in order of first appearance), keep from high to low,
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import pandas as pd
 
 from tosa_bench.errors import OptionError
+from tosa_bench.measure.spec import compile_label
 from tosa_bench.methods import registry
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -30,7 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: row order of a variant the registry does not know: after every registered method
 UNKNOWN_ORDER = 1_000
-GROUP = ["model", "img_size", "batch_size", "dtype", "device"]
+GROUP = ["model", "img_size", "batch_size", "dtype", "device", "compile"]
 #: table column -> the record field it shows, for the seed spread of aggregated runs
 #: (:mod:`tosa_bench.results.aggregate` writes ``<field>_sd`` and ``<field>_n``)
 SPREAD_SOURCES = {"top1": "top1", "top5": "top5", "delta1": "delta1", "absrel": "absrel", "rmse": "rmse",
@@ -78,7 +80,7 @@ def frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
             params = r.get("params")
             rows.append({
                 "model": r.get("model"), "img_size": r.get("img_size"), "batch_size": r.get("batch_size"),
-                "dtype": r.get("dtype"), "device": r.get("device"),
+                "dtype": r.get("dtype"), "device": r.get("device"), "compile": compile_label(r),
                 "keep": keep, "variant": r.get("variant"), "method": _label(r.get("variant")),
                 "setting": _setting(r),
                 "params_m": params / 1e6 if params is not None else None,

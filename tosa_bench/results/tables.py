@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import pandas as pd
 
 from tosa_bench.errors import OptionError, RunStateError
+from tosa_bench.measure.spec import EAGER
 # the rows and ratio columns; these names were defined here before and stay importable from here
 from tosa_bench.results.layout import (  # noqa: F401
     GROUP,
@@ -66,6 +67,7 @@ COLUMNS: dict[str, tuple[str, bool | None, str]] = {
     "batch_size": ("batch", None, "int"),
     "dtype": ("dtype", None, "text"),
     "device": ("device", None, "text"),
+    "compile": ("compile", None, "text"),
     "keep": ("keep", None, "keep"),
     "method": ("method", None, "text"),
     "setting": ("setting", None, "text"),
@@ -157,7 +159,7 @@ def _constant(df: pd.DataFrame, col: str) -> bool:
 def display_columns(df: pd.DataFrame) -> list[str]:
     """The columns shown in table/md/latex: group columns only where they vary; top-1
     always (so 'not measured' is visible); depth columns where any depth was measured."""
-    cols = [c for c in ("model", "img_size", "batch_size", "dtype", "device") if not _constant(df, c)]
+    cols = [c for c in ("model", "img_size", "batch_size", "dtype", "device", "compile") if not _constant(df, c)]
     cols += ["keep"] if df["keep"].dropna().nunique() > 1 else []
     cols += ["method", "setting", "params_m", "gmacs", "gmacs_ratio", "throughput", "speedup", "latency_ms", "peak_mem_mib", "top1"]
     if df["delta1"].notna().any():
@@ -227,12 +229,13 @@ def caption(df: pd.DataFrame, env: dict[str, Any] | None) -> list[str]:
     names = sorted({e.get("device_name") for e in _envs(env) if e.get("device_name")})
     device = ", ".join(_values(df, "device")) + (f" ({'; '.join(names)})" if names else "")
     lines = [f"Device: {device}; dtype: {', '.join(_values(df, 'dtype'))}; batch: {', '.join(_values(df, 'batch_size'))}; "
-             f"model: {', '.join(_model_name(m) for m in _values(df, 'model'))}; image: {', '.join(_values(df, 'img_size'))} px."]
+             f"model: {', '.join(_model_name(m) for m in _values(df, 'model'))}; image: {', '.join(_values(df, 'img_size'))} px; "
+             f"{_compile_text(df)}."]
     steps = df["timed_steps"].dropna()
     lines.append("Throughput: images/s at the median timed step"
                  + (f" ({_span(steps)} timed steps per point)" if len(steps) else "")
                  + "; latency: batch 1, median, ms; GMACs per image (GFLOPs = 2 x GMACs); "
-                 "speed-up and GMACs ratio vs dense of the same model/batch/dtype/device"
+                 "speed-up and GMACs ratio vs dense of the same model/batch/dtype/device/compile mode"
                  + (" (speed-up timed in alternating rounds with a dense twin: median of the rounds, 95% interval in"
                     f" brackets, 'noisy' where it is wider than +-{_threshold(df):.0%})." if "_paired_any" in df.attrs else "."))
     ns = pd.to_numeric(df[[c for c in df.columns if c.endswith("_n")]].stack(), errors="coerce").dropna() if len(df) else []
@@ -258,6 +261,17 @@ def caption(df: pd.DataFrame, env: dict[str, Any] | None) -> list[str]:
     for _, r in bad.drop_duplicates("config_hash").iterrows():
         lines.append(f"{r['method']} {r['setting']}: {r['status']} ({r['error']})")
     return lines
+
+
+def _compile_text(df: pd.DataFrame) -> str:
+    """How the models ran: "eager", or the torch.compile modes (a compiled point's dense
+    twin is compiled the same way; compile time is not in any timing)."""
+    modes = _values(df, "compile") if "compile" in df else [EAGER]
+    if modes == [EAGER]:
+        return "eager (not compiled)"
+    compiled = [m for m in modes if m != EAGER]
+    return (("eager and " if EAGER in modes else "") + "torch.compile mode " + ", ".join(compiled)
+            + " (dense twin compiled the same way; compile time not timed)")
 
 
 def _threshold(df: pd.DataFrame) -> float:
@@ -337,10 +351,10 @@ def _tex(s: str) -> str:
 
 
 def to_latex(df: pd.DataFrame, env: dict[str, Any] | None = None, label: str = "tab:tosa-bench") -> str:
-    """Paper-style booktabs table(s), one per device/dtype/batch: methods as rows; params,
+    """Paper-style booktabs table(s), one per device/dtype/batch/compile mode: methods as rows; params,
     GMACs, throughput, then top-1 (or delta1 where depth was measured) as columns; the best
     value of each column per model and keep in bold (dense, the reference, excluded)."""
-    setup_cols = ["device", "dtype", "batch_size"]
+    setup_cols = ["device", "dtype", "batch_size", "compile"]
     setups = list(dict.fromkeys(map(tuple, df[setup_cols].astype(str).values.tolist())))
     out = []
     for n, setup in enumerate(setups):
@@ -415,7 +429,7 @@ SHORT = {"img_size": "img", "batch_size": "batch", "params_m": "M params", "gmac
          "throughput": "im/s", "speedup": "speed-up", "latency_ms": "lat ms", "peak_mem_mib": "mem MiB",
          "top1": "top-1 %", "top5": "top-5 %", "rmse": "RMSE m"}
 #: columns that say which point a row is: repeated on every page of a split table
-KEY_COLUMNS = ("model", "img_size", "batch_size", "dtype", "device", "keep", "method", "setting")
+KEY_COLUMNS = ("model", "img_size", "batch_size", "dtype", "device", "compile", "keep", "method", "setting")
 SETTING_MIN = 12  # the setting column (text) wraps down to this width
 
 

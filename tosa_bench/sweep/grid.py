@@ -99,9 +99,9 @@ def _setups(suite: Suite) -> Iterator[dict[str, Any]]:
         dev_type = "cuda" if device.startswith("cuda") else "cpu"
         for dtype in suite.dtypes[dev_type]:
             _check_dtype(dtype, device)
-            for batch in suite.batch_size[dev_type]:
+            for batch, mode in itertools.product(suite.batch_size[dev_type], suite.compile):
                 yield dict(model=model, batch_size=batch, dtype=dtype, device=device, img_size=suite.img_size,
-                           checkpoint=weights_for(dict(suite.checkpoint), model), compile=suite.compile)
+                           checkpoint=weights_for(dict(suite.checkpoint), model), compile=mode)
 
 
 def _points_of(suite: Suite, base: dict[str, Any], keep: float | None, knobs: Knobs) -> Iterator[GridPoint]:

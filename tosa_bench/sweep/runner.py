@@ -43,6 +43,7 @@ import traceback
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Protocol, Sequence
 
+from tosa_bench.measure.compiled import RecompiledWhileTimed
 from tosa_bench.measure.spec import NonFiniteOutput, Point, Settings
 from tosa_bench.results.store import RunStore
 from tosa_bench.sweep.accuracy import ACCURACY_FIELDS
@@ -158,7 +159,7 @@ def measure_one(
         record["status"] = "ok"
     except _oom_type() as err:
         record.update(status="oom", error=f"{phase}: {_first_line(err)}")
-    except NonFiniteOutput as err:
+    except (NonFiniteOutput, RecompiledWhileTimed) as err:  # the point's own verdict: its reason says it all
         record.update(status="error", error=f"{phase}: {_first_line(err)}")
     except Exception as err:  # one point's failure must not stop the sweep
         record.update(status="error", error=f"{phase}: {_first_line(err)}",

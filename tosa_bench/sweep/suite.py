@@ -23,7 +23,8 @@ which are the default run ``tosa-bench sweep``, also shipped as ``suites/quick.t
     seed = 0                    # seed of the random control
     importance = "mean"         # ToSA importance rule: "mean" (heads and queries) or "cls"
     fuse = true                 # EViT: fuse the dropped tokens into one (false: drop them)
-    compile = false             # torch.compile the measured model
+    compile = ["eager"]         # eager and/or torch.compile modes: "default", "max-autotune",
+                                # "reduce-overhead"; a list gives a point of each (true = "default")
 
     [weights]                   # a path for every model, or a table model -> path
     checkpoint = "deit_s.pth"   # or {deit_small_patch16_224 = "deit_s.pth"}
@@ -73,7 +74,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from tosa_bench.errors import SuiteError
-from tosa_bench.measure.spec import Settings
+from tosa_bench.measure.spec import COMPILE_MODES, EAGER, Settings
 from tosa_bench.methods import registry
 from tosa_bench.methods.tosa import IMPORTANCE_RULES
 
@@ -109,7 +110,7 @@ class Suite:
     seed: int = 0
     importance: str = "mean"
     fuse: bool = True
-    compile: bool = False
+    compile: tuple[str, ...] = (EAGER,)
     # weights: model name or "*" (every model) -> path
     checkpoint: Mapping[str, str] = field(default_factory=dict)
     selector: Mapping[str, str] = field(default_factory=dict)
@@ -197,7 +198,7 @@ CLI_NAMES = {
     "grid.models": "--model", "grid.variants": "--variant", "grid.keeps": "--keep", "grid.placements": "--placement",
     "grid.tome_r": "--tome-r", "grid.evit_locations": "--evit-loc", "grid.batch_size": "--batch-size",
     "grid.dtypes": "--dtype", "grid.devices": "--device", "grid.img_size": "--img-size", "grid.match": "--match",
-    "grid.seed": "--seed", "grid.importance": "--importance", "weights.checkpoint": "--checkpoint", "weights.selector": "--selector",
+    "grid.seed": "--seed", "grid.importance": "--importance", "grid.compile": "--compile-mode", "weights.checkpoint": "--checkpoint", "weights.selector": "--selector",
     "weights.depth_checkpoint": "--depth-checkpoint", "data.imagenet": "--imagenet", "data.nyu": "--nyu",
     "data.limit": "--limit", "data.eval_batch_size": "--eval-batch-size", "data.num_workers": "--workers",
     "measure.warmup": "--warmup", "measure.repeats": "--repeats", "measure.time_budget_s": "--time-budget",
@@ -371,7 +372,9 @@ def from_dict(doc: Mapping[str, Any], source: str = "suite", base_dir: Path | No
             out[key] = _int(ctx, name, v, 0)
         elif key in ("repeats", "limit", "eval_batch_size"):
             out[key] = _int(ctx, name, v, 1 if key != "limit" else 0)
-        elif key in ("compile", "fuse", "timing", "latency", "memory"):
+        elif key == "compile":
+            out[key] = _compile_modes(ctx, name, v)
+        elif key in ("fuse", "timing", "latency", "memory"):
             out[key] = _bool(ctx, name, v)
         elif key in ("checkpoint", "selector", "depth_checkpoint"):
             out[key] = _paths_by_model(ctx, name, v)
@@ -427,6 +430,18 @@ def _tolerances(ctx: _Ctx, key: str, v: Any) -> dict[str, float]:
             raise ctx.fail(f"{key}.{metric}", "a relative tolerance in (0, 10), e.g. 0.10", tol)
         out[str(metric)] = float(tol)
     return out
+
+
+def _compile_modes(ctx: _Ctx, key: str, v: Any) -> tuple[str, ...]:
+    """``compile``: true/false (older suites: "default" / eager), a mode or a list of them,
+    each once, in the order given."""
+    if isinstance(v, bool):
+        return ("default",) if v else (EAGER,)
+    what = f"{EAGER} and/or torch.compile modes ({', '.join(COMPILE_MODES)}), or true/false"
+    modes = _list(ctx, key, v, _str_item((EAGER, *COMPILE_MODES)), what)
+    if not modes:
+        raise ctx.fail(key, what, v)
+    return tuple(dict.fromkeys(modes))
 
 
 def _device_item(x: Any) -> str:
