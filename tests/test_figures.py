@@ -361,3 +361,47 @@ def test_sweep_writes_its_figures(tmp_path):
     assert "skipped tradeoff-top1-vs-gmacs" in res.output and "skipped peak-memory-vs-keep" in res.output
     assert _is_pdf(figs / "speedup-vs-keep.pdf")
     torch.manual_seed(0)  # nothing above may depend on global RNG state; keep later tests independent
+
+
+# ----------------------------------------------------------------------------- energy
+COUNTER = "nvml total energy counter (mJ), device sync around >=1 s windows"
+#: variant (keep, placement) -> (J per image, energy ratio, its interval)
+ENERGY = {("dense", None): (0.40, None, None), ("tosa", 0.5, "alternate"): (0.34, 0.85, (0.80, 0.90)),
+          ("tosa", 0.7, "alternate"): (0.37, 0.92, (0.88, 0.97)), ("tosa", 0.5, "second-half"): (0.35, 0.87, (0.83, 0.91)),
+          ("tome", 0.5, "alternate"): (0.30, 0.75, (0.70, 0.79)), ("evit", 0.5, "alternate"): (0.26, 0.65, (0.61, 0.70))}
+
+
+def _with_energy(records):
+    out = []
+    for r in records:
+        key = ("dense", None) if r["variant"] == "dense" else (r["variant"], r["keep"], r["options"].get("placement", "alternate"))
+        j, ratio, ci = ENERGY[key]
+        out.append({**r, "energy_j_per_img": j, "energy_ratio": ratio, "energy_ratio_ci_low": ci[0] if ci else None,
+                    "energy_ratio_ci_high": ci[1] if ci else None, "energy_method": COUNTER})
+    return out
+
+
+def test_energy_figures_show_the_records_values(tmp_path):
+    run = _write_run(tmp_path / "erun", _with_energy(_records()))
+    data = F.plot_data([run])
+    ax = F._draw(lambda: F.tradeoff(data, "energy", "top1")).figure.axes[0]
+    assert ax.get_xlabel() == "energy per image (J)"
+    evit = [ln for ln in ax.get_lines() if ln.get_label() == "EViT"]
+    assert len(evit) == 1 and list(evit[0].get_xdata()) == [0.26] and list(evit[0].get_ydata()) == [76.0]
+    drawn = F._draw(lambda: F.speedup_energy_vs_keep(data))
+    left, right = drawn.figure.axes
+    assert left.get_ylabel() == "speed-up over dense (×)" and right.get_ylabel() == "energy per image / dense's (×)"
+    bars = [c for c in right.containers if c.get_label() == "_ToSA (alternate, untrained selectors)"]
+    spans = sorted((round(s[0][1], 9), round(s[1][1], 9)) for s in bars[0].lines[2][0].get_segments())
+    assert spans == [(0.8, 0.9), (0.88, 0.97)]  # the energy ratio's own 95% intervals
+    assert COUNTER in drawn.caption
+    stems = {p.stem for p in F.plot_runs([run], tmp_path / "figs", formats=("png",)).written}
+    assert {"tradeoff-top1-vs-energy", "speedup-energy-vs-keep", "speedup-vs-keep"} <= stems
+
+
+def test_without_energy_there_is_no_energy_figure(run, tmp_path):
+    data = F.plot_data([run])
+    with pytest.raises(F.Skip, match="no energy ratio in the run"):
+        F._draw(lambda: F.speedup_energy_vs_keep(data))
+    with pytest.raises(F.Skip, match="no energy in the run"):
+        F._draw(lambda: F.tradeoff(data, "energy", "top1"))

@@ -578,3 +578,48 @@ def test_the_committed_ci_baseline_passes(tmp_path):
     regressed = [r for r in doc["rows"] if r["verdict"] == "regressed"]
     assert all(r["metric"] == "speedup" and r["point"] in noisy for r in regressed), res.output
     assert res.exit_code == (1 if regressed else 0), res.output
+
+
+# ----------------------------------------------------------------------------- energy ratio
+def _energy_summary(variant: str, ratio=None, ci=None) -> dict:
+    from tosa_bench.results.compare import summarize
+
+    r = {"status": "ok", "model": "test_tiny", "variant": variant, "options": {"keep": 0.5}, "batch_size": 2, "dtype": "fp32",
+         "device": "cuda", "img_size": 32, "energy_ratio": ratio,
+         "energy_ratio_ci_low": ci[0] if ci else None, "energy_ratio_ci_high": ci[1] if ci else None}
+    return summarize(r)
+
+
+@pytest.mark.parametrize("old, new, verdict", [
+    ((0.60, (0.58, 0.62)), (0.61, (0.59, 0.63)), "same"),        # within the tolerance
+    ((0.60, (0.58, 0.62)), (0.75, (0.73, 0.77)), "regressed"),   # more energy, intervals apart: lower is better
+    ((0.60, (0.58, 0.62)), (0.48, (0.46, 0.50)), "improved"),
+    ((0.60, (0.50, 0.70)), (0.70, (0.62, 0.80)), "noisy"),       # beyond the tolerance, intervals overlap
+    ((0.60, (0.58, 0.62)), (None, None), "info"),                # one side without a counter: not judged
+])
+def test_energy_ratio_is_compared_like_a_ratio_with_its_interval(old, new, verdict):
+    from tosa_bench.results.compare import compare_records, format_value
+
+    cmp = compare_records([_energy_summary("tosa", *old)], [_energy_summary("tosa", *new)])
+    rows = [r for r in cmp.rows if r.metric == "energy_ratio"]
+    assert len(rows) == 1 and rows[0].verdict == verdict and rows[0].unit == "x dense"
+    if new[0] is not None:
+        assert format_value(rows[0].new, "energy_ratio") == f"{new[0]:.3f} ({new[1][0]:.3f}-{new[1][1]:.3f})"
+    both_none = compare_records([_energy_summary("tosa")], [_energy_summary("tosa")])
+    assert not [r for r in both_none.rows if r.metric == "energy_ratio"]  # neither side has it: no row
+
+
+def test_a_noisy_energy_ratio_is_reported_but_never_measured_again(tmp_path):
+    from tosa_bench.results.check import Baseline, check_run, undecided
+    from tosa_bench.results.load import RunData
+
+    env = {"device": "cuda", "device_name": "GPU", "cpu": "c", "torch": "t"}
+    rec = {"status": "ok", "model": "test_tiny", "variant": "tosa", "options": {"keep": 0.5}, "batch_size": 2, "dtype": "fp32",
+           "device": "cuda", "img_size": 32, "config_hash": "h", "energy_ratio": 0.70, "energy_ratio_ci_low": 0.62,
+           "energy_ratio_ci_high": 0.80}
+    base = Baseline([_energy_summary("tosa", 0.60, (0.50, 0.70))], env, "x", tmp_path / "b.json")
+    run = RunData(tmp_path, [rec], env)
+    cmp = check_run(run, base)
+    row = [r for r in cmp.rows if r.metric == "energy_ratio"][0]
+    assert row.verdict == "noisy" and "only speed-ups are measured again" in row.why
+    assert undecided(run, base) == []

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import torch
 
+import tosa_bench.measure.energy as energy
 import tosa_bench.measure.memory as memory
 import tosa_bench.measure.point as point_mod
 import tosa_bench.measure.timing as timing
@@ -22,6 +23,7 @@ from tosa_bench.methods import selector_kernel
 from tosa_bench.measure.memory import MemoryReading
 from tosa_bench.measure.compiled import COMPILE_CONVENTION
 from tosa_bench.measure.point import measure_point
+from tosa_bench.measure.energy import ENERGY_CONVENTION, ENERGY_FIELDS
 from tosa_bench.measure.spec import MAC_CONVENTION, NonFiniteOutput, Point, Settings
 from tosa_bench.measure.timing import PairedStats, TimingStats
 
@@ -63,6 +65,7 @@ def fakes(monkeypatch) -> Recorder:
     monkeypatch.setattr(timing, "measure_latency", rec.measure_latency)
     monkeypatch.setattr(timing, "measure_throughput", rec.measure_throughput)
     monkeypatch.setattr(point_mod, "measure_cpu_peak", rec.measure_cpu_peak)
+    monkeypatch.setattr(energy, "open_counter", lambda device: (None, "unavailable: fake"))
     return rec
 
 
@@ -71,15 +74,18 @@ def test_the_record_of_a_tosa_point_written_out(fakes) -> None:
     stages: list[str] = []
     rec = measure_point(point, Settings(warmup=2, repeats=5, time_budget_s=8.0), stage=stages.append)
 
-    assert stages == ["build", "count", "check", "throughput", "latency", "memory"]
+    assert stages == ["build", "count", "check", "throughput", "energy", "latency", "memory"]
     assert {k: rec[k] for k in ("model", "variant", "keep", "options", "resolved_options", "batch_size", "dtype", "device",
                                 "checkpoint", "selector", "compile", "conventions")} == {
         "model": "test_tiny", "variant": "tosa", "keep": 0.5,
         "options": {"keep": 0.5, "placement": [1, 3]},  # sorted keys, lists for tuples
         "resolved_options": {"keep": 0.5, "placement": [1, 3], "importance": "mean", "selector_hidden": 6, "selector_kernel": 3},
         "batch_size": 3, "dtype": "fp32", "device": "cpu", "checkpoint": None, "selector": None, "compile": False,
-        "conventions": {"compile": COMPILE_CONVENTION, "gmacs": MAC_CONVENTION, "throughput": "images/s, median step", "latency": "ms, batch 1", "memory": "MiB"},
+        "conventions": {"compile": COMPILE_CONVENTION, "gmacs": MAC_CONVENTION, "throughput": "images/s, median step", "latency": "ms, batch 1", "memory": "MiB",
+                        "energy": ENERGY_CONVENTION},
     }
+    # no counter (faked): every energy field there, None, with the opener's reason
+    assert {k: rec[k] for k in ENERGY_FIELDS} == {**{k: None for k in ENERGY_FIELDS}, "energy_reason": "unavailable: fake"}
     assert list(rec["options"]) == ["keep", "placement"]
     assert rec["threads"] == torch.get_num_threads()
     # the check's forward settled two chunk budgets, each named by its shape: the map
@@ -124,7 +130,8 @@ def test_latency_without_a_budget_and_a_dense_point_keeps_no_keep(fakes, monkeyp
 
 @pytest.mark.parametrize("settings,stages,present", [
     (Settings(timing=False, latency=True, memory=False), ["build", "count", "check"], set()),
-    (Settings(timing=True, latency=False, memory=False, warmup=1, repeats=3), ["build", "count", "check", "throughput"], {"throughput_img_s"}),
+    (Settings(timing=True, latency=False, memory=False, warmup=1, repeats=3), ["build", "count", "check", "throughput", "energy"], {"throughput_img_s"}),
+    (Settings(timing=True, latency=False, memory=False, energy=False, warmup=1, repeats=3), ["build", "count", "check", "throughput"], {"throughput_img_s"}),
     (Settings(timing=False, memory=True), ["build", "count", "check", "memory"], {"peak_mem_mb"}),
 ])
 def test_phases_left_out_leave_their_fields_none(fakes, settings, stages, present) -> None:
@@ -136,6 +143,11 @@ def test_phases_left_out_leave_their_fields_none(fakes, settings, stages, presen
     assert fakes.latency == []
     assert ("speedup_efficiency" in rec) == settings.timing
     assert rec.get("timing_reason") == (None if settings.timing else "not measured (--no-timing)")
+    # the energy fields are on every record; why they are empty follows the settings
+    assert all(rec[k] is None for k in ENERGY_FIELDS if k != "energy_reason")
+    assert rec["energy_reason"] == ("unavailable: fake" if settings.timing and settings.energy
+                                    else "not measured (energy = false)" if not settings.energy
+                                    else "not measured (energy needs the timing phase: timing = false / --no-timing)")
 
 
 def test_a_model_handed_in_is_measured_instead_of_a_new_one(fakes, monkeypatch) -> None:

@@ -127,3 +127,35 @@ def test_latex_one_table_per_setup():
     recs += [{**r, "batch_size": 16, "config_hash": r["config_hash"] + "-16"} for r in recs]
     tex = to_latex(frame(recs), label="tab:x")
     assert tex.count(r"\begin{table}[t]") == 2 and r"\label{tab:x-1}" in tex and r"\label{tab:x-2}" in tex
+
+
+# ----------------------------------------------------------------------------- energy column
+def test_energy_column_only_where_some_row_has_it_with_unit_and_counter():
+    recs = [_rec("dense", {}), _rec("tosa", {"keep": 0.5})]
+    md = to_markdown(frame(recs))
+    assert "energy (J/img)" not in md and "Energy:" not in md  # not measured anywhere: no column
+    counter = "nvml total energy counter (mJ), device sync around >=1 s windows"
+    recs = [_rec("dense", {}, energy_j_per_img=0.25, energy_method=counter),
+            _rec("tosa", {"keep": 0.5}, energy_j_per_img=0.125, energy_ratio=0.5, energy_method=counter),
+            _rec("evit", {"keep": 0.5}, energy_reason="unavailable: fake")]
+    df = frame(recs)
+    md = to_markdown(df)
+    head = [c.strip() for c in md.splitlines()[0].strip("|").split("|")]
+    col = head.index("energy (J/img)")
+    cells = [[c.strip() for c in line.strip("|").split("|")][col] for line in md.splitlines()[2:5]]
+    assert cells == ["0.25", "0.125", ""]
+    assert f"Energy: joules per image (J/img), median over windows of timed batches, each window the energy a counter read ({counter})" in md
+    assert "energy_J_per_img" in render_csv(df)
+
+
+def render_csv(df):
+    from tosa_bench.results.tables import to_csv
+
+    return to_csv(df)
+
+
+def test_a_record_with_an_energy_field_of_the_wrong_type_is_named():
+    from tosa_bench.results.tables import check_records
+
+    with pytest.raises(RunStateError, match="field 'energy_ratio' is 'low', expected a number or null"):
+        check_records([_rec("tosa", {"keep": 0.5}, energy_ratio="low")], "x")

@@ -85,7 +85,7 @@ def figures_after_run(run_dir: Path) -> None:
 @guarded
 def plot_command(
     run_dirs: Annotated[list[Path], typer.Argument(help="Run directories (sweep runs, or one training run).")],
-    x: Annotated[Optional[str], typer.Option("--x", help="Cost axes of the trade-off figures: gmacs, throughput, latency, peak_mem (comma-separated; default gmacs,throughput).")] = None,
+    x: Annotated[Optional[str], typer.Option("--x", help="Cost axes of the trade-off figures: gmacs, throughput, latency, peak_mem, energy (comma-separated; default gmacs,throughput, plus energy where measured).")] = None,
     y: Annotated[Optional[str], typer.Option("--y", help="Accuracy axes: top1, top5, delta1, absrel, rmse (comma-separated; default: what the runs measured).")] = None,
     keep: Annotated[Optional[float], typer.Option("--keep", help="Keep of the per-keep figures (tokens per block, placements); default: the run's keep closest to 0.5.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="pdf, png, svg (comma-separated).")] = "pdf,png",

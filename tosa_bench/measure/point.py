@@ -34,6 +34,10 @@ Record units and conventions (every record says them in ``conventions``):
   (:mod:`tosa_bench.measure.cpu_peak` says why). ``peak_mem_method`` names which.
   NVML's per-process figure (CUDA context + allocator cache) is ``nvml_process_mib``,
   never mixed into ``peak_mem_mb``.
+- ``energy_*``: joules per image from NVML (GPU) or RAPL (CPU) over >= 1 s windows of the
+  steps the paired timing ran, after it; a variant's windows alternate (ABBA) with its
+  dense twin's, giving ``energy_ratio`` with a 95% interval. No counter: every field None
+  and ``energy_reason`` says why (:mod:`tosa_bench.measure.energy`).
 - ``cpu_chunks``: the chunk budget (bytes per chunk, 0 = one piece) of each chunked CPU op
   the model ran, calibrated on this machine, and where it came from
   (:mod:`tosa_bench.models.chunks`); {} off the CPU.
@@ -53,6 +57,7 @@ import torch
 from tosa_bench.build import build_model
 from tosa_bench.measure.analytic import analytic_macs
 from tosa_bench.measure.cpu_peak import measure_cpu_peak
+from tosa_bench.measure.energy import ENERGY_CONVENTION
 from tosa_bench.measure.flops import count_macs
 from tosa_bench.measure.compiled import COMPILE_CONVENTION
 from tosa_bench.measure.spec import MAC_CONVENTION, NonFiniteOutput, Point, Settings, build_point_model, resolve_device
@@ -153,54 +158,119 @@ def _memory(model, point: Point, device: str) -> dict[str, Any]:
     }
 
 
-def _throughput(model, point: Point, settings: Settings, device: str) -> dict[str, Any]:
+def _pairs_with_dense(point: Point, settings: Settings) -> bool:
+    """Whether the point is timed (and its energy measured) against a dense twin."""
+    return settings.paired and (not registry.is_dense(point.variant) or settings.pair_dense)
+
+
+def _throughput(model, point: Point, settings: Settings, device: str, steps=None) -> dict[str, Any]:
     """Throughput fields. A variant is timed in alternating rounds with the dense model of
     the same name, weights, batch, dtype and device (``settings.paired``), so its
     ``speedup_paired`` is a ratio measured under the same conditions; dense, or
     ``paired=False``, is timed alone. Without a checkpoint the dense twin takes the
     variant's backbone weights, so the two differ only in the method. A compiled point
-    compiles both the same way, before anything is timed (:mod:`.compiled`)."""
+    compiles both the same way, before anything is timed (:mod:`.compiled`). ``steps``:
+    what :func:`_paired_steps` returned, to time (None: made here)."""
     from tosa_bench.measure.compiled import compile_fields
     from tosa_bench.measure.timing import measure_throughput
 
-    if not settings.paired or (registry.is_dense(point.variant) and not settings.pair_dense):
+    if not _pairs_with_dense(point, settings):
         tp = measure_throughput(model, point.batch_size, model.cfg.img_size, device, point.dtype, settings.warmup, settings.repeats, settings.time_budget_s, point.compile)
         out = _throughput_fields(tp["images_per_s"], tp["images_per_s_low"], tp["images_per_s_high"], tp["step_time_s_median"], tp["step_time_s_p10"], tp["step_time_s_p90"], tp["repeats"], tp["warmup_steps"], tp["timer"])
         return {**out, **compile_fields(tp.get("compile_info"))}
-    pair, compiled = _paired(model, point, settings, device)
+    pair, compiled = _paired(model, point, settings, device, steps)
     b, a = pair.b, pair.a
     out = _throughput_fields(point.batch_size / b.median_s, point.batch_size / b.max_s, point.batch_size / b.min_s, b.median_s, b.p10_s, b.p90_s, b.repeats, b.warmup_steps, b.timer)
     out.update(dense_throughput_img_s_paired=point.batch_size / a.median_s, **_speedup_fields(pair, settings), **compile_fields(*compiled))
     return out
 
 
-def _paired(model, point: Point, settings: Settings, device: str):
-    """``model`` timed against its dense twin (:func:`_throughput`): the PairedStats and
-    the (variant, dense) :class:`~tosa_bench.measure.compiled.CompileInfo` (None, None
-    for an eager point)."""
-    from tosa_bench.measure.compiled import compile_and_warm_together, fresh_compile, maybe_no_recompiles
-    from tosa_bench.measure.timing import _sync_of, default_timer, measure_paired
+def _paired_steps(model, point: Point, device: str):
+    """(dense twin's step, ``model``'s step, (variant, dense) CompileInfo): one batch
+    forward each, on the same seeded images, in inference mode under the point's dtype.
+    A compiled point's two models are compiled and warmed here, together, before anything
+    is timed (:mod:`.compiled`; the infos are None for an eager point). Timed by
+    :func:`_paired`; the energy windows (:func:`_energy`) run the same two callables."""
+    from tosa_bench.measure.compiled import compile_and_warm_together, fresh_compile
+    from tosa_bench.measure.timing import _sync_of
 
     dense = build_model(point.model, registry.DENSE, checkpoint=point.checkpoint, img_size=point.img_size)
     if point.checkpoint is None:
         dense.load_state_dict(model.state_dict(), strict=False)  # the method's own modules are not dense's
     dense = dense.to(device).eval()
-    dev = torch.device(device)
-    images = _images(point.batch_size, model.cfg.img_size, dev)
+    call = _caller(point, device, model.cfg.img_size)
+    run_dense, run_variant, infos = dense, model.eval(), (None, None)
+    if point.compile:
+        fresh_compile()
+        (run_dense, run_variant), (dense_info, variant_info) = compile_and_warm_together(
+            [dense, run_variant], point.compile, call, _sync_of(torch.device(device)))
+        infos = (variant_info, dense_info)
+    return (lambda: call(run_dense)), (lambda: call(run_variant)), infos
 
-    def call(run) -> None:
+
+def _caller(point: Point, device: str, img_size: int) -> Callable[[Callable[..., Any]], None]:
+    """``call(run)``: one batch forward of ``run`` on the point's seeded images (made once),
+    in inference mode under the point's dtype, on its device."""
+    dev = torch.device(device)
+    images = _images(point.batch_size, img_size, dev)
+
+    def call(run: Callable[..., Any]) -> None:
         with torch.inference_mode(), autocast(point.dtype, dev):
             run(images)
 
-    run_dense, run_variant, dense_info, variant_info = dense, model.eval(), None, None
-    if point.compile:  # both compiled the same way and warmed before any timing
-        fresh_compile()
-        (run_dense, run_variant), (dense_info, variant_info) = compile_and_warm_together([dense, model], point.compile, call, _sync_of(dev))
+    return call
+
+
+def _paired(model, point: Point, settings: Settings, device: str, steps=None):
+    """``model`` timed against its dense twin (:func:`_throughput`): the PairedStats and
+    the (variant, dense) CompileInfo. ``steps``: what :func:`_paired_steps` returned
+    (None: made here). A compiled pair is timed where a recompile fails the point."""
+    from tosa_bench.measure.compiled import maybe_no_recompiles
+    from tosa_bench.measure.timing import default_timer, measure_paired
+
+    dense_step, step, infos = steps or _paired_steps(model, point, device)
     with maybe_no_recompiles(bool(point.compile), "paired throughput"):
-        pair = measure_paired(lambda: call(run_dense), lambda: call(run_variant), default_timer(dev), warmup=settings.warmup,
+        pair = measure_paired(dense_step, step, default_timer(torch.device(device)), warmup=settings.warmup,
                               steps_per_round=settings.pair_steps, min_rounds=settings.pair_min_rounds, max_rounds=settings.pair_rounds_max,
                               time_budget_s=settings.pair_budget, target_halfwidth=settings.pair_target)
-    return pair, (variant_info, dense_info)
+    return pair, infos
+
+
+def _energy(model, point: Point, settings: Settings, device: str, steps, timed: Mapping[str, Any]) -> dict[str, Any]:
+    """The record's energy fields (:mod:`tosa_bench.measure.energy`), measured after the
+    throughput phase with the steps it timed: ``steps`` (dense twin, variant) in ABBA
+    windows when the point was paired, else the point's own step alone. Step-time hints
+    come from ``timed`` (the throughput fields). No counter, or one that failed: the
+    fields are None with the reason."""
+    from tosa_bench.measure import energy
+    from tosa_bench.measure.compiled import compile_and_warm, maybe_no_recompiles
+
+    if not settings.energy:
+        return energy.unmeasured("not measured (energy = false)")
+    if not settings.timing:
+        return energy.unmeasured("not measured (energy needs the timing phase: timing = false / --no-timing)")
+    counter, reason = energy.open_counter(device)
+    if counter is None:
+        return energy.unmeasured(reason)
+    dev = torch.device(device)
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+    hint = timed["step_ms_median"] / 1e3
+    try:
+        if steps is not None:
+            dense_hint = point.batch_size / timed["dense_throughput_img_s_paired"]
+            with maybe_no_recompiles(bool(point.compile), "energy"):
+                result = energy.measure_energy_paired(counter, steps[0], steps[1], point.batch_size, dense_hint, hint, sync)
+        else:
+            call, run = _caller(point, device, model.cfg.img_size), model
+            if point.compile:  # the throughput phase compiled it already: from the cache, outside the windows
+                run, _ = compile_and_warm(model, point.compile, call, sync)
+            with maybe_no_recompiles(bool(point.compile), "energy"):
+                result = energy.measure_energy_alone(counter, lambda: call(run), point.batch_size, hint, sync)
+    except (energy.CounterWentBack, ValueError, OSError) as exc:
+        return energy.unmeasured(f"unavailable: {exc}", counter.method)
+    finally:
+        counter.close()
+    return energy.energy_fields(result)
 
 
 def _speedup_fields(pair, settings: Settings) -> dict[str, Any]:
@@ -290,7 +360,8 @@ def measure_point(point: Point, settings: Settings = Settings(), stage: Callable
         "checkpoint": point.checkpoint,
         "selector": point.selector,
         "compile": point.compile or False,
-        "conventions": {"compile": COMPILE_CONVENTION, "gmacs": MAC_CONVENTION, "throughput": "images/s, median step", "latency": "ms, batch 1", "memory": "MiB"},
+        "conventions": {"compile": COMPILE_CONVENTION, "gmacs": MAC_CONVENTION, "throughput": "images/s, median step", "latency": "ms, batch 1", "memory": "MiB",
+                        "energy": ENERGY_CONVENTION},
     }
     stage("count")
     record.update(count_point(model))
@@ -304,8 +375,12 @@ def measure_point(point: Point, settings: Settings = Settings(), stage: Callable
         from tosa_bench.measure.timing import measure_latency
 
         stage("throughput")
-        record.update(_throughput(model, point, settings, device))
+        steps = _paired_steps(model, point, device) if _pairs_with_dense(point, settings) else None
+        record.update(_throughput(model, point, settings, device, steps))
         record["speedup_efficiency"] = _efficiency(record)
+        if settings.energy:
+            stage("energy")  # after the timed rounds, never inside them
+            record.update(_energy(model, point, settings, device, steps, record))
         if settings.latency:
             stage("latency")
             half = settings.time_budget_s / 2 if settings.time_budget_s is not None else None
@@ -316,6 +391,8 @@ def measure_point(point: Point, settings: Settings = Settings(), stage: Callable
         record.update(_memory(model, point, device))
     for key in ("throughput_img_s", "latency_ms_p50", "peak_mem_mb"):
         record.setdefault(key, None)
+    if "energy_reason" not in record:
+        record.update(_energy(model, point, settings, device, None, record))  # only says why not measured
     if not settings.timing:
         record["timing_reason"] = "not measured (--no-timing)"
     if any(isinstance(v, float) and math.isnan(v) for v in (record.get("gmacs"), record.get("throughput_img_s"))):

@@ -111,6 +111,9 @@ class Settings:
     timing: bool = True
     latency: bool = True
     memory: bool = True
+    # energy per image from a hardware counter (measure.energy), after the throughput
+    # phase; needs ``timing``. False: the energy fields are None, "energy = false"
+    energy: bool = True
     warmup: int = 10
     repeats: int = 40
     time_budget_s: float | None = None  # throughput phase; latency gets half of it

@@ -34,12 +34,12 @@ from tosa_bench.results.load import RunData
 
 #: the record fields averaged over runs (each gets _sd, _min, _max, _n beside it)
 AGGREGATED = ("top1", "top5", "delta1", "delta2", "delta3", "absrel", "sqrel", "rmse", "rmse_log", "log10", "silog",
-              "speedup_paired", "throughput_img_s", "latency_ms_p50", "peak_mem_mb", "object_share_mean",
+              "speedup_paired", "throughput_img_s", "latency_ms_p50", "peak_mem_mb", "energy_j_per_img", "energy_ratio", "object_share_mean",
               "object_chance_mean", "gmacs", "gflops", "params")
 #: per-block dict fields averaged key by key
 AGGREGATED_BY_BLOCK = ("object_share", "object_chance")
 #: one run's interval, meaningless for a mean over runs
-DROPPED = ("speedup_paired_ci_low", "speedup_paired_ci_high", "throughput_img_s_low", "throughput_img_s_high")
+DROPPED = ("speedup_paired_ci_low", "speedup_paired_ci_high", "energy_ratio_ci_low", "energy_ratio_ci_high", "throughput_img_s_low", "throughput_img_s_high")
 SPREAD = "sample standard deviation"
 #: the option that is a run's seed, not its configuration (the random control's draws):
 #: records that differ only there are seeds of one experiment, aggregated as one; the

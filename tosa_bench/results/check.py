@@ -1,13 +1,15 @@
 """The regression gate: a run against a stored baseline (``tosa-bench check``).
 
 A baseline (``results/baselines/*.json``) holds, per point, what :mod:`.compare` compares
-(its configuration, deterministic metrics, and the time and memory ratios to dense with
-their 95% intervals), plus the environment it was measured in and the suite's name. The
+(its configuration, deterministic metrics, and the time, memory and energy ratios to
+dense with their 95% intervals), plus the environment it was measured in and the suite's name. The
 gate compares a fresh run with it (:func:`check_run`):
 
 - deterministic metrics must match exactly (floats to a stated relative 1e-12, or 1e-9
   for accuracy): any difference fails the gate;
-- time and memory are ratios to dense measured in the same run; a change fails only when
+- time, memory and energy are ratios to dense measured in the same run (energy only
+  where both the baseline and the run have it: a machine without a readable counter
+  has none); a change fails only when
   it is beyond the suite's per-metric tolerance (``[gate] tolerance``, default 10%) AND
   outside the noise (the 95% intervals of baseline and run do not overlap);
 - a baseline from another device, CPU model or torch version is said so, and its time and
@@ -15,7 +17,8 @@ gate compares a fresh run with it (:func:`check_run`):
 - a baseline point the run lacks (or that failed in it), or a run point the baseline
   lacks, fails the gate: the baseline must describe the suite exactly.
 
-What the gate cannot judge, it measures again. A speed-up beyond the tolerance whose
+What the gate cannot judge, it measures again (speed-ups only: an energy ratio inside
+the noise stays ``noisy`` and is reported as such). A speed-up beyond the tolerance whose
 interval overlaps the baseline's (verdict ``noisy``, typically a run on a busy machine),
 and then one judged ``regressed`` or ``same`` on an interval wider than the noise
 threshold, is measured again (:func:`undecided` names those points;
@@ -116,16 +119,19 @@ def check_run(run: RunData, baseline: Baseline, tolerances: Mapping[str, float] 
     """Compare ``run`` with ``baseline`` (module docstring). A row still ``noisy`` says in
     its ``why`` how often its point was measured again and how wide both intervals are."""
     mismatch = environment_mismatch(baseline.env, run.env)
-    skip = {"ratio": mismatch + ": time and memory not compared"} if mismatch else None
+    skip = {"ratio": mismatch + ": time, memory and energy not compared"} if mismatch else None
     current = [summarize(r) for r in with_ratios(run.records)]
     cmp = compare_records(baseline.points, current, tolerances, skip_kinds=skip)
     if mismatch:
-        cmp.notes.append(mismatch + "; update the baseline on this machine to gate time and memory")
+        cmp.notes.append(mismatch + "; update the baseline on this machine to gate time, memory and energy")
     failed = [r for r in run.records if r.get("status") != "ok"]
     for r in failed:
         cmp.notes.append(f"not ok in the run: {summarize(r)['label']} ({r.get('status')}: {r.get('error')})")
     by_label = {point_label(r): r for r in run.records if r.get("status") == "ok"}
     for row in still_noisy(cmp):
+        if row.metric != "speedup":
+            row.why += f"; run {_halfwidth(row.new)}, baseline {_halfwidth(row.old)}; only speed-ups are measured again"
+            continue
         again = int(by_label.get(row.point, {}).get("pair_measurements") or 1) - 1
         row.why += (f"; run {_halfwidth(row.new)}, baseline {_halfwidth(row.old)}; "
                     + (f"measured again {again} time{'s' if again != 1 else ''}" if again else "not measured again"))
@@ -158,7 +164,7 @@ def undecided(run: RunData, baseline: Baseline, tolerances: Mapping[str, float] 
     land within it by chance)."""
     cmp = check_run(run, baseline, tolerances)
     verdict = {r.point: r.verdict for r in cmp.rows if r.metric == "speedup"}
-    noisy = {r.point for r in still_noisy(cmp)}
+    noisy = {r.point for r in still_noisy(cmp) if r.metric == "speedup"}  # only the speed-up is measured again
     ok = [r for r in run.records if r.get("status") == "ok"]
     wide = [r for r in ok if r.get("speedup_paired_noisy") is True and point_label(r) not in noisy]
     return ([r["config_hash"] for r in ok if point_label(r) in noisy]

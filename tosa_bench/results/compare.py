@@ -11,7 +11,9 @@ Metrics (:data:`METRICS`) are of three kinds:
   fixed subset) must be equal (floats within ``rel_tol``); any difference is ``changed``.
 - ``ratio``: time and memory as ratios to dense measured in the same run, which cancel
   the machine's speed and most of its drift: ``speedup`` (the paired speed-up, with its
-  95% interval) and ``peak_mem_ratio`` (peak memory / dense's peak). A change is
+  95% interval), ``peak_mem_ratio`` (peak memory / dense's peak) and ``energy_ratio``
+  (J/image / the dense twin's, measured in alternating windows inside the point, with its
+  95% interval; compared only where both sides have it). A change is
   ``regressed`` or ``improved`` only when it is beyond the metric's relative tolerance AND
   outside the noise: the two 95% intervals do not overlap (a metric without an interval,
   such as memory, has only the tolerance). Beyond the tolerance but inside the noise is
@@ -63,6 +65,7 @@ METRICS: tuple[Metric, ...] = (
     Metric("absrel", "absrel", "exact", rel_tol=1e-9),
     Metric("speedup", "speedup_paired", "ratio", True, ("speedup_paired_ci_low", "speedup_paired_ci_high"), unit="x dense"),
     Metric("peak_mem_ratio", "peak_mem_ratio", "ratio", False, unit="x dense"),
+    Metric("energy_ratio", "energy_ratio", "ratio", False, ("energy_ratio_ci_low", "energy_ratio_ci_high"), unit="x dense"),
     Metric("throughput", "throughput_img_s", "info", True, unit="images/s"),
     Metric("latency_ms", "latency_ms_p50", "info", False, unit="ms"),
 )
@@ -287,7 +290,7 @@ def format_value(v: Any, metric: str) -> str:
     """Display text of a value: ``1.21 (1.17-1.25)`` for an interval, lists compacted."""
     if v is None:
         return "-"
-    if isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) for x in v) and metric == "speedup":
+    if isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) for x in v) and metric in ("speedup", "energy_ratio"):
         return f"{v[0]:.3f} ({v[1]:.3f}-{v[2]:.3f})"
     if isinstance(v, list):
         text = json.dumps(v, separators=(",", ":"))

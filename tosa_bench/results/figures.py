@@ -8,13 +8,15 @@ Figures (file stem -> what it shows):
 
 - ``tradeoff-<y>-vs-<x>``: accuracy (ImageNet top-1/top-5 in %, or NYU delta1/AbsRel/RMSE)
   against cost (GMACs per image, throughput in images/s, batch-1 latency in ms, peak
-  memory in MiB); one line and marker per method (and per curve of a method, e.g. a ToSA
-  placement), each point labelled with its keep (ToMe: r), dense as a star, and the
+  memory in MiB, energy in J per image: drawn by default where the run has it); one
+  line and marker per method (and per curve of a method, e.g. a ToSA placement), each point labelled with its keep (ToMe: r), dense as a star, and the
   Pareto front of all points as a grey dashed line.
 - ``speedup-vs-keep``: the paired speed-up over dense with its 95% interval (error bars;
   hollow markers where the interval is wider than the run's noise threshold) and the
   ideal speed-up (dense GMACs / GMACs) as a dotted line of the same colour, so the gap
   between measured and ideal is visible.
+- ``speedup-energy-vs-keep``: the speed-up (as above) and, beside it, the energy per image
+  relative to dense's with its 95% interval (runs measured with an energy counter only).
 - ``tokens-per-block-keep<K>``: the tokens each block's attention processed, per method.
 - ``placements-keep<K>``: the selector placements of one method at one keep side by side
   (speed-up with interval, GMACs / dense, top-1 where measured).
@@ -86,6 +88,7 @@ X_AXES: dict[str, tuple[str, str, bool]] = {
     "throughput": ("throughput", "throughput (images/s)", False),
     "latency": ("latency_ms", "latency, batch 1 (ms)", True),
     "peak_mem": ("peak_mem_mib", "peak memory of one forward (MiB)", True),
+    "energy": ("energy_j_img", "energy per image (J)", True),
 }
 #: --y choices: name -> (frame column, axis label with unit, higher is better)
 Y_AXES: dict[str, tuple[str, str, bool]] = {
@@ -337,7 +340,8 @@ def tradeoff(data: PlotData, x: str, y: str) -> Drawn:
     if measured.empty:
         if _finite(ok, ycol).empty:
             raise Skip(f"no {y} in the run (sweep with --imagenet / --nyu)" if y in Y_AXES else f"no {y}")
-        raise Skip(f"no {x} in the run" + (" (measured with --no-timing)" if x in ("throughput", "latency") else ""))
+        raise Skip(f"no {x} in the run" + (" (measured with --no-timing)" if x in ("throughput", "latency") else "")
+                   + (" (no readable energy counter, or energy = false)" if x == "energy" else ""))
     random_weights = measured["weights"] == "random"
     if random_weights.all():
         raise Skip(f"{y} was measured with random weights (no --checkpoint): not a result")
@@ -373,21 +377,20 @@ def tradeoff(data: PlotData, x: str, y: str) -> Drawn:
     return Drawn(fig, f"{ylabel} against {xlabel}", "Labels: keep (ToMe: r)." + scored + note + _spread_note(pts, ycol))
 
 
-def speedup_vs_keep(data: PlotData) -> Drawn:
-    """Measured paired speed-up with its interval, and the ideal (module docstring)."""
-    rows = _finite(_finite(data.df[(data.df["status"] == "ok") & ~data.df["_dense"]], "speedup"), "keep")
-    if rows.empty:
-        raise Skip("no speed-up in the run (measured with --no-timing, or no variant beside dense)")
-    fig, (ax,) = _new_figure()
+def _ratio_lines(ax: "Axes", data: PlotData, rows: pd.DataFrame, col: str, low_col: str, high_col: str,
+                 noisy_col: str | None = None) -> None:
+    """Per series of ``rows``: the ratio ``col`` against keep, its 95% interval
+    (``low_col``/``high_col``; ± sd for means over runs) as error bars, hollow markers
+    where ``noisy_col`` is True."""
     curves_of = _curves_of(rows)
     for (run, variant, curve), part in _series(rows):
         st = method_style(variant)
         part = part.sort_values("keep")
-        y = part["speedup"].astype(float)
-        sd = pd.Series(_spread(part, "speedup"), index=part.index) if _spread(part, "speedup") is not None else 0.0
-        low = pd.to_numeric(part["speedup_low"], errors="coerce").fillna(y - sd)
-        high = pd.to_numeric(part["speedup_high"], errors="coerce").fillna(y + sd)
-        noisy = part["speedup_noisy"].map(lambda v: v is True).to_numpy()
+        y = part[col].astype(float)
+        sd = pd.Series(_spread(part, col), index=part.index) if _spread(part, col) is not None else 0.0
+        low = pd.to_numeric(part[low_col], errors="coerce").fillna(y - sd)
+        high = pd.to_numeric(part[high_col], errors="coerce").fillna(y + sd)
+        noisy = part[noisy_col].map(lambda v: v is True).to_numpy() if noisy_col else (y != y).to_numpy()
         label = _series_label(data, run, variant, curve, curves_of)
         ax.errorbar(part["keep"], y, yerr=[(y - low).clip(lower=0), (high - y).clip(lower=0)], color=st.colour,
                     ls=_line_style(data, run, variant, curve), marker="none", capsize=2, lw=1.0, label="_" + label)
@@ -395,19 +398,64 @@ def speedup_vs_keep(data: PlotData) -> Drawn:
         ax.plot([], [], ls=_line_style(data, run, variant, curve), marker=st.marker, color=st.colour, label=label)
         if noisy.any():
             ax.plot(part["keep"][noisy], y[noisy], ls="none", marker=st.marker, mfc="white", color=st.colour, label="_noisy " + label)
+
+
+def _speedup_axes(ax: "Axes", data: PlotData, rows: pd.DataFrame) -> None:
+    """The speed-up panel: paired speed-ups with intervals, the ideal dotted, dense at 1."""
+    _ratio_lines(ax, data, rows, "speedup", "speedup_low", "speedup_high", "speedup_noisy")
+    curves_of = _curves_of(rows)
+    for (run, variant, curve), part in _series(rows):
+        part = part.sort_values("keep")
         ideal = 1.0 / part["gmacs_ratio"].astype(float)
         # a dash marker as well, so that an ideal at a single keep is visible too
-        ax.plot(part["keep"], ideal, ls=":", marker="_", markersize=10, color=st.colour, lw=1.0, label="_ideal " + label)
+        ax.plot(part["keep"], ideal, ls=":", marker="_", markersize=10, color=method_style(variant).colour, lw=1.0,
+                label="_ideal " + _series_label(data, run, variant, curve, curves_of))
     ax.axhline(1.0, color="0.3", lw=0.8, ls="-", zorder=0, label="dense (1.0)")
     ax.plot([], [], ls=":", marker="_", markersize=10, color="0.3", label="ideal (dense GMACs / GMACs)")
     ax.set_xlabel("keep (share of patch tokens kept)")
     ax.set_ylabel("speed-up over dense (×)")
-    _legend(fig, [ax], ncol=2)
+
+
+def _speedup_rows(data: PlotData) -> pd.DataFrame:
+    rows = _finite(_finite(data.df[(data.df["status"] == "ok") & ~data.df["_dense"]], "speedup"), "keep")
+    if rows.empty:
+        raise Skip("no speed-up in the run (measured with --no-timing, or no variant beside dense)")
+    return rows
+
+
+def _speedup_words(rows: pd.DataFrame) -> str:
     hollow = bool(rows["speedup_noisy"].map(lambda v: v is True).any())
     bars = ("mean of the runs' paired medians, ± sample sd over runs as bars" if _spread_note(rows, "speedup")
             else "median of paired rounds against dense, 95% interval as bars")
-    return Drawn(fig, "measured and ideal speed-up against keep", "Speed-up: " + bars
-                 + ("; hollow markers: interval wider than the noise threshold." if hollow else "."))
+    return "Speed-up: " + bars + ("; hollow markers: interval wider than the noise threshold." if hollow else ".")
+
+
+def speedup_vs_keep(data: PlotData) -> Drawn:
+    """Measured paired speed-up with its interval, and the ideal (module docstring)."""
+    rows = _speedup_rows(data)
+    fig, (ax,) = _new_figure()
+    _speedup_axes(ax, data, rows)
+    _legend(fig, [ax], ncol=2)
+    return Drawn(fig, "measured and ideal speed-up against keep", _speedup_words(rows))
+
+
+def speedup_energy_vs_keep(data: PlotData) -> Drawn:
+    """Speed-up (left) and energy per image relative to dense (right) against keep, side
+    by side: each with its 95% interval, both measured against the same dense twin."""
+    rows = _speedup_rows(data)
+    energy = _finite(rows, "energy_ratio")
+    if energy.empty:
+        raise Skip("no energy ratio in the run (no readable energy counter: NVML on a GPU, RAPL on a CPU; or energy = false)")
+    fig, (left, right) = _new_figure(WIDE, 2.5, ncols=2)
+    _speedup_axes(left, data, rows)
+    _ratio_lines(right, data, energy, "energy_ratio", "energy_low", "energy_high")
+    right.axhline(1.0, color="0.3", lw=0.8, ls="-", zorder=0, label="dense (1.0)")
+    right.set_xlabel("keep (share of patch tokens kept)")
+    right.set_ylabel("energy per image / dense's (×)")
+    _legend(fig, [left, right], ncol=3)
+    counters = "; ".join(dict.fromkeys(energy["energy_method"].dropna().astype(str)))
+    return Drawn(fig, "speed-up and energy ratio against keep", _speedup_words(rows)
+                 + f" Energy: J/image / the dense twin's, median of ABBA window pairs, 95% interval as bars ({counters}).")
 
 
 def object_share_vs_keep(data: PlotData) -> Drawn:
@@ -644,13 +692,15 @@ def plot_runs(run_dirs: Sequence[str | Path] | Sequence[RunData], out_dir: str |
     out.mkdir(parents=True, exist_ok=True)
     report = FigureReport(notes=list(data.notes))
     caption = data.caption()
-    xs = tuple(x) if x else DEFAULT_X
+    xs = tuple(x) if x else DEFAULT_X + (("energy",) if data.df["energy_j_img"].notna().any() else ())
     ys = tuple(y) if y else tuple(name for name in ("top1", "delta1", "absrel") if data.df[Y_AXES[name][0]].notna().any()) or ("top1",)
     jobs: list[tuple[str, Callable[[], Drawn]]] = []
     for yy in ys:
         for xx in xs:
             jobs.append((f"tradeoff-{yy}-vs-{xx}", lambda xx=xx, yy=yy: tradeoff(data, xx, yy)))
     jobs.append(("speedup-vs-keep", lambda: speedup_vs_keep(data)))
+    if data.df["energy_ratio"].notna().any():  # only runs with an energy counter have it
+        jobs.append(("speedup-energy-vs-keep", lambda: speedup_energy_vs_keep(data)))
     try:
         k = pick_keep(data.df, keep)
         jobs.append((f"tokens-per-block-keep{k:g}", lambda: tokens_per_block(data, k)))

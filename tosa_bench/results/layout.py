@@ -8,7 +8,8 @@ of the same model, image size, batch size, dtype, device and compile mode (a com
 point is timed against a dense twin compiled the same way): ``speedup`` = the point's
 ``speedup_paired`` (dense and variant timed in alternating rounds inside the point), or
 throughput / dense throughput for records without it; ``gmacs_ratio`` = GMACs / dense
-GMACs. Rows are sorted by group (in order of first appearance), keep from high to low,
+GMACs; ``energy_j_img`` = J per image and ``energy_ratio`` (with ``energy_low``/``_high``,
+its 95% interval) = J/image / the dense twin's, as measured inside the point. Rows are sorted by group (in order of first appearance), keep from high to low,
 then the registry's method order.
 
 Why a module of its own: the tables (:mod:`.tables`), the figures (:mod:`.figures`) and
@@ -37,7 +38,7 @@ GROUP = ["model", "img_size", "batch_size", "dtype", "device", "compile"]
 #: (:mod:`tosa_bench.results.aggregate` writes ``<field>_sd`` and ``<field>_n``)
 SPREAD_SOURCES = {"top1": "top1", "top5": "top5", "delta1": "delta1", "absrel": "absrel", "rmse": "rmse",
                   "speedup": "speedup_paired", "throughput": "throughput_img_s", "latency_ms": "latency_ms_p50",
-                  "peak_mem_mib": "peak_mem_mb", "object_share": "object_share_mean", "object_chance": "object_chance_mean"}
+                  "peak_mem_mib": "peak_mem_mb", "energy_j_img": "energy_j_per_img", "object_share": "object_share_mean", "object_chance": "object_chance_mean"}
 
 
 def _method(variant: Any) -> Method | None:
@@ -92,6 +93,9 @@ def frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
                 "_noise_threshold": (r.get("settings") or {}).get("noise_threshold"),
                 "throughput_high": r.get("throughput_img_s_high"), "timed_steps": r.get("timed_steps"),
                 "latency_ms": r.get("latency_ms_p50"), "peak_mem_mib": r.get("peak_mem_mb"),
+                "energy_j_img": r.get("energy_j_per_img"), "energy_ratio": r.get("energy_ratio"),
+                "energy_low": r.get("energy_ratio_ci_low"), "energy_high": r.get("energy_ratio_ci_high"),
+                "energy_method": r.get("energy_method") if r.get("energy_j_per_img") is not None else None,
                 "top1": r.get("top1"), "top5": r.get("top5"), "n_images": r.get("n_images"),
                 "delta1": r.get("delta1"), "absrel": r.get("absrel"), "rmse": r.get("rmse"),
                 "weights": r.get("weights"), "accuracy_reason": r.get("accuracy_reason"),

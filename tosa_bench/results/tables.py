@@ -16,7 +16,8 @@ The rows and ratio columns are laid out by :mod:`tosa_bench.results.layout` (sha
 
 Units: params in millions (M), GMACs per image (1e9 multiply-accumulates; GFLOPs = 2 x
 GMACs), throughput in images/s (median timed step), latency in ms (batch 1, median),
-peak memory in MiB, top-1/top-5 in percent, delta1 as a share of pixels (0-1), AbsRel
+peak memory in MiB, energy in joules per image (J/img; column shown only where measured),
+top-1/top-5 in percent, delta1 as a share of pixels (0-1), AbsRel
 unitless, RMSE in metres.
 
 Formats: ``table`` (rich, for the terminal), ``md`` (Markdown, pandas + tabulate),
@@ -78,6 +79,7 @@ COLUMNS: dict[str, tuple[str, bool | None, str]] = {
     "speedup": ("speed-up (x)", True, "ratio"),
     "latency_ms": ("latency (ms)", False, "num"),
     "peak_mem_mib": ("peak mem (MiB)", False, "num"),
+    "energy_j_img": ("energy (J/img)", False, "energy"),
     "top1": ("top-1 (%)", True, "acc"),
     "top5": ("top-5 (%)", True, "acc"),
     "delta1": ("δ1", True, "depth"),
@@ -93,9 +95,11 @@ COLUMNS: dict[str, tuple[str, bool | None, str]] = {
 #: record fields the tables read, and the JSON types each may have (None always allowed)
 NUMBER_FIELDS = ("params", "gmacs", "gflops", "gmacs_analytic", "throughput_img_s", "throughput_img_s_low",
                  "throughput_img_s_high", "speedup_paired", "speedup_paired_ci_low", "speedup_paired_ci_high",
-                 "latency_ms_p50", "peak_mem_mb", "top1", "top5", "delta1", "absrel", "rmse", "timed_steps",
+                 "latency_ms_p50", "peak_mem_mb", "energy_j_per_img", "energy_img_per_j", "energy_dense_j_per_img",
+                 "energy_ratio", "energy_ratio_ci_low", "energy_ratio_ci_high", "energy_window_s", "energy_windows", "top1", "top5", "delta1", "absrel", "rmse", "timed_steps",
                  "n_images", "n_unreadable", "n_empty_classes", "batch_size", "img_size")
-TEXT_FIELDS = ("model", "variant", "dtype", "device", "status", "config_hash", "error", "weights", "accuracy_reason")
+TEXT_FIELDS = ("model", "variant", "dtype", "device", "status", "config_hash", "error", "weights", "accuracy_reason",
+               "energy_method", "energy_reason")
 TABLE_FIELDS = ("options", "resolved_options", "settings")
 
 
@@ -147,6 +151,8 @@ def _fmt(v: Any, kind: str) -> str:
         return f"{v:.2f}"
     if kind == "pct":
         return f"{v:.1f}"
+    if kind == "energy":
+        return f"{v:.3g}"
     if kind == "depth":
         return f"{v:.3f}"
     return str(v)
@@ -161,7 +167,9 @@ def display_columns(df: pd.DataFrame) -> list[str]:
     always (so 'not measured' is visible); depth columns where any depth was measured."""
     cols = [c for c in ("model", "img_size", "batch_size", "dtype", "device", "compile") if not _constant(df, c)]
     cols += ["keep"] if df["keep"].dropna().nunique() > 1 else []
-    cols += ["method", "setting", "params_m", "gmacs", "gmacs_ratio", "throughput", "speedup", "latency_ms", "peak_mem_mib", "top1"]
+    cols += ["method", "setting", "params_m", "gmacs", "gmacs_ratio", "throughput", "speedup", "latency_ms", "peak_mem_mib"]
+    cols += ["energy_j_img"] if df["energy_j_img"].notna().any() else []
+    cols += ["top1"]
     if df["delta1"].notna().any():
         cols += ["delta1", "absrel", "rmse"]
     if df["object_share"].notna().any():
@@ -242,6 +250,10 @@ def caption(df: pd.DataFrame, env: dict[str, Any] | None) -> list[str]:
     if len(ns) and ns.max() > 1:
         lines.append(f"Means over runs of one configuration (seeds): mean ± sample standard deviation (n runs); "
                      f"a speed-up is then the mean of the runs' paired medians, without their intervals.")
+    counters = [m for m in dict.fromkeys(df["energy_method"].dropna()) if m]
+    if counters:
+        lines.append("Energy: joules per image (J/img), median over windows of timed batches, each window the energy a "
+                     "counter read (" + "; ".join(counters) + ") / the images in it.")
     if df["object_share"].notna().any():
         lines.append("Object tokens: share of the generated object's patch tokens that ran the block (ToSA, random) or "
                      "were kept (EViT), mean over the blocks that choose tokens; chance: share of all patch tokens chosen there.")
@@ -313,7 +325,8 @@ def to_csv(df: pd.DataFrame) -> str:
     """Every column, headers carrying units."""
     units = {"params_m": "params_M", "gmacs": "GMACs", "gflops": "GFLOPs", "gmacs_analytic": "GMACs_analytic",
              "throughput": "throughput_im_s", "throughput_low": "throughput_low_im_s", "throughput_high": "throughput_high_im_s",
-             "latency_ms": "latency_ms", "peak_mem_mib": "peak_mem_MiB", "top1": "top1_pct", "top5": "top5_pct",
+             "latency_ms": "latency_ms", "peak_mem_mib": "peak_mem_MiB",
+             "energy_j_img": "energy_J_per_img", "top1": "top1_pct", "top5": "top5_pct",
              "rmse": "rmse_m", "speedup": "speedup_x", "gmacs_ratio": "gmacs_ratio"}
     cols = [c for c in df.columns if not c.startswith("_")]
     return df[cols].rename(columns=units).to_csv(index=False)
@@ -426,7 +439,7 @@ def _best(df: pd.DataFrame, metrics: Sequence[str]) -> set[tuple[Any, str]]:
 # ------------------------------------------------------------------------- fitted terminal table
 #: short headers, used when the full ones make the table wider than the terminal
 SHORT = {"img_size": "img", "batch_size": "batch", "params_m": "M params", "gmacs_ratio": "GMACs/d",
-         "throughput": "im/s", "speedup": "speed-up", "latency_ms": "lat ms", "peak_mem_mib": "mem MiB",
+         "throughput": "im/s", "speedup": "speed-up", "latency_ms": "lat ms", "peak_mem_mib": "mem MiB", "energy_j_img": "J/img",
          "top1": "top-1 %", "top5": "top-5 %", "rmse": "RMSE m"}
 #: columns that say which point a row is: repeated on every page of a split table
 KEY_COLUMNS = ("model", "img_size", "batch_size", "dtype", "device", "compile", "keep", "method", "setting")

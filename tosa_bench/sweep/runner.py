@@ -44,6 +44,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Protocol, Sequence
 
 from tosa_bench.measure.compiled import RecompiledWhileTimed
+from tosa_bench.measure.energy import unmeasured
 from tosa_bench.measure.spec import NonFiniteOutput, Point, Settings
 from tosa_bench.results.store import RunStore
 from tosa_bench.sweep.accuracy import ACCURACY_FIELDS
@@ -128,6 +129,7 @@ def base_record(gp: GridPoint, settings: Settings, run_id: str, session: str) ->
         **gp.labels(),
         "config": cfg,
         "settings": asdict(settings),
+        **unmeasured("not measured (the point did not finish)"),  # a finished point's fields replace these
         "run_id": run_id,
         "session": session,
     }

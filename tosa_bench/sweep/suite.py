@@ -43,6 +43,7 @@ which are the default run ``tosa-bench sweep``, also shipped as ``suites/quick.t
     timing = true
     latency = true
     memory = true
+    energy = true               # J/image from NVML (GPU) or RAPL (CPU); needs timing
     warmup = 3                  # steps
     repeats = 20                # timed steps at most
     time_budget_s = 2.5         # seconds per timing phase (warm-up included); 0: none
@@ -126,6 +127,7 @@ class Suite:
     timing: bool = True
     latency: bool = True
     memory: bool = True
+    energy: bool = True
     warmup: int = 3
     repeats: int = 20
     time_budget_s: float | None = 2.5
@@ -142,7 +144,7 @@ class Suite:
     def settings(self) -> Settings:
         """The measurement settings every record of this suite states."""
         return Settings(
-            timing=self.timing, latency=self.latency, memory=self.memory,
+            timing=self.timing, latency=self.latency, memory=self.memory, energy=self.energy,
             warmup=self.warmup, repeats=self.repeats, time_budget_s=self.time_budget_s,
             pair_min_rounds=self.pair_min_rounds, pair_budget_s=self.pair_budget_s, noise_threshold=self.noise_threshold,
             pair_dense=self.pair_dense,
@@ -173,7 +175,7 @@ SCHEMA: dict[str, tuple[str, ...]] = {
              "dtypes", "devices", "img_size", "match", "seed", "importance", "fuse", "compile"),
     "weights": ("checkpoint", "selector", "depth_checkpoint"),
     "data": ("imagenet", "nyu", "limit", "eval_batch_size", "num_workers", "depth_input"),
-    "measure": ("timing", "latency", "memory", "warmup", "repeats", "time_budget_s", "pair_min_rounds", "pair_budget_s",
+    "measure": ("timing", "latency", "memory", "energy", "warmup", "repeats", "time_budget_s", "pair_min_rounds", "pair_budget_s",
                 "noise_threshold", "pair_dense"),
     "gate": ("tolerance", "remeasure_budget_s"),
 }
@@ -374,7 +376,7 @@ def from_dict(doc: Mapping[str, Any], source: str = "suite", base_dir: Path | No
             out[key] = _int(ctx, name, v, 1 if key != "limit" else 0)
         elif key == "compile":
             out[key] = _compile_modes(ctx, name, v)
-        elif key in ("fuse", "timing", "latency", "memory"):
+        elif key in ("fuse", "timing", "latency", "memory", "energy"):
             out[key] = _bool(ctx, name, v)
         elif key in ("checkpoint", "selector", "depth_checkpoint"):
             out[key] = _paths_by_model(ctx, name, v)
