@@ -7,6 +7,9 @@ Three controls, each timed against its dense twin with the sweep's own paired ti
 - ``tosa`` at keep 1.0 (k = N - 1: no block is reduced, the selectors never run);
 - ``random`` at keep 1.0 (the same for the control).
 
+With ``--compile MODE`` each control and its dense twin are compiled the same way
+(compiled and warmed before timing; :mod:`tosa_bench.measure.compiled`).
+
 Each is measured ``--repeats`` times with the measurement settings of a suite (default
 ``quick``: the default sweep's budget, batch 8 on DeiT-S on a CPU). It passes when every
 control reads within +-``--tolerance`` (5%) of 1.00 in at least ``--need`` of the repeats
@@ -14,6 +17,7 @@ control reads within +-``--tolerance`` (5%) of 1.00 in at least ``--need`` of th
 
     python benchmarks/aa_check.py                                   # DeiT-S, the default sweep's settings
     python benchmarks/aa_check.py --model test_deep --repeats 2 --out /tmp/aa   # a quick look
+    python benchmarks/aa_check.py --compile default --out runs/aa-compiled     # every model torch.compile'd
 
 OUT is a run directory (replaced on each run): ``records.jsonl`` holds every repeat
 (``aa_repeat`` says which; ``tosa-bench report OUT`` shows the last repeat of each),
@@ -37,7 +41,7 @@ import torch
 from tosa_bench.errors import run_script
 from tosa_bench.measure.env import environment_record
 from tosa_bench.measure.point import measure_point
-from tosa_bench.measure.spec import Point, resolve_device
+from tosa_bench.measure.spec import Point, compile_mode, resolve_device
 from tosa_bench.precision import resolve_autocast
 from tosa_bench.results.store import ENV, RunStore
 from tosa_bench.sweep.session import check_out_dir
@@ -64,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--need", type=int, default=None, help="repeats within tolerance needed (default: 9 of 10, all of fewer)")
     p.add_argument("--tolerance", type=float, default=0.05)
+    p.add_argument("--compile", default=None, metavar="MODE",
+                   help="torch.compile mode for every model and its dense twin (default, max-autotune, reduce-overhead); default: eager")
     p.add_argument("--out", type=Path, default=Path("runs/aa-cpu"),
                    help="run directory, replaced on each run (the committed one: results/aa-cpu-avx512)")
     a = p.parse_args(argv)
@@ -77,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     batch = a.batch_size or suite.batch_size[dev_type][0]
     dtype = a.dtype or suite.dtypes[dev_type][0]
     resolve_autocast(dtype, torch.device(device))  # a dtype the device cannot run is refused before any work
+    mode = compile_mode(a.compile)  # a mode that is not one is refused before any work
     settings = replace(suite.settings(), latency=False, memory=False, pair_dense=True)
 
     check_out_dir(a.out, overwrite=True)  # never the root, home, a file or a folder that is not a run
@@ -91,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     intervals: dict[str, list[list[float]]] = {name: [] for name, _ in CONTROLS}
     for rep in range(a.repeats):
         for name, options in CONTROLS:
-            gp = GridPoint(Point(model=a.model, variant=name, options=options, batch_size=batch, dtype=dtype, device=device))
+            gp = GridPoint(Point(model=a.model, variant=name, options=options, batch_size=batch, dtype=dtype, device=device, compile=mode))
             torch.manual_seed(0)
             rec = measure_one(gp, settings, measure_point, _no_accuracy, lambda _s: None, run_id=store.path.name, session=session)
             rec["aa_repeat"] = rep + 1
@@ -108,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     passed = all(w >= need for w in within.values())
     summary = {
         "model": a.model, "batch_size": batch, "dtype": dtype, "device": device, "device_name": env.get("device_name"),
+        "compile": mode or "eager",
         "torch": env.get("torch"), "threads": torch.get_num_threads(), "suite_settings": a.suite,
         "repeats": a.repeats, "tolerance": a.tolerance, "need": need, "speedups": figures, "intervals95": intervals,
         "within_tolerance": within, "passed": passed,

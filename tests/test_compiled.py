@@ -216,3 +216,12 @@ def test_tables_and_compare_keep_eager_and_compiled_apart() -> None:
     only_eager = to_markdown(frame(records[:2]))
     assert "| compile " not in only_eager and "eager (not compiled)" in only_eager
     assert json.dumps(point_config(records[1]))  # JSON-able, as baselines store it
+
+
+def test_cpu_peak_of_a_compiled_point_runs_the_compiled_forward() -> None:
+    """The child process compiles the point's model in its mode before reading the peak
+    (its warm-up forward compiles; the read forward is a compiled one)."""
+    from tosa_bench.measure.cpu_peak import measure_cpu_peak
+
+    reading = measure_cpu_peak(Point(MODEL, "tosa", OPTIONS["tosa"], batch_size=2, compile="default"), threads=1)
+    assert reading.value_mib is not None and reading.value_mib > 0, reading.reason

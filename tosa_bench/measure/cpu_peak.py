@@ -13,7 +13,8 @@ process that also times models goes wrong either way:
   its timed rounds).
 
 So the reading is taken in a child process that pins the thresholds before anything is
-allocated, builds the point's model exactly as the sweep does, runs one warm-up forward
+allocated, builds the point's model exactly as the sweep does (compiled in the point's
+mode for a compiled point, the compile itself in the warm-up), runs one warm-up forward
 (one-time allocations such as kernel caches are not the forward's) and then reads the
 peak of one more forward. The number depends on the point alone, and the parent process
 is left as it was. Cost: one interpreter start and model build per point (~2-4 s).
@@ -85,6 +86,14 @@ def _child(config: str, threads: int) -> dict:
             with torch.inference_mode(), autocast(point.dtype, device):
                 model(images)
 
+        if point.compile:  # the compiled model's forward: compiled (from inductor's cache) by the warm-up calls
+            compiled = torch.compile(model, mode=point.compile)
+
+            def forward() -> None:
+                with torch.inference_mode(), autocast(point.dtype, device):
+                    compiled(images)
+
+            forward()
         forward()
         reading = cpu_peak_rss(forward)
     return {"value_mib": reading.value_mib, "reason": reading.reason, "detail": reading.detail}

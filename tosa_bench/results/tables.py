@@ -80,6 +80,7 @@ COLUMNS: dict[str, tuple[str, bool | None, str]] = {
     "latency_ms": ("latency (ms)", False, "num"),
     "peak_mem_mib": ("peak mem (MiB)", False, "num"),
     "energy_j_img": ("energy (J/img)", False, "energy"),
+    "compile_s": ("compile (s)", False, "num"),
     "top1": ("top-1 (%)", True, "acc"),
     "top5": ("top-5 (%)", True, "acc"),
     "delta1": ("δ1", True, "depth"),
@@ -96,7 +97,7 @@ COLUMNS: dict[str, tuple[str, bool | None, str]] = {
 NUMBER_FIELDS = ("params", "gmacs", "gflops", "gmacs_analytic", "throughput_img_s", "throughput_img_s_low",
                  "throughput_img_s_high", "speedup_paired", "speedup_paired_ci_low", "speedup_paired_ci_high",
                  "latency_ms_p50", "peak_mem_mb", "energy_j_per_img", "energy_img_per_j", "energy_dense_j_per_img",
-                 "energy_ratio", "energy_ratio_ci_low", "energy_ratio_ci_high", "energy_window_s", "energy_windows", "top1", "top5", "delta1", "absrel", "rmse", "timed_steps",
+                 "energy_ratio", "energy_ratio_ci_low", "energy_ratio_ci_high", "energy_window_s", "energy_windows", "compile_s", "top1", "top5", "delta1", "absrel", "rmse", "timed_steps",
                  "n_images", "n_unreadable", "n_empty_classes", "batch_size", "img_size")
 TEXT_FIELDS = ("model", "variant", "dtype", "device", "status", "config_hash", "error", "weights", "accuracy_reason",
                "energy_method", "energy_reason")
@@ -169,6 +170,7 @@ def display_columns(df: pd.DataFrame) -> list[str]:
     cols += ["keep"] if df["keep"].dropna().nunique() > 1 else []
     cols += ["method", "setting", "params_m", "gmacs", "gmacs_ratio", "throughput", "speedup", "latency_ms", "peak_mem_mib"]
     cols += ["energy_j_img"] if df["energy_j_img"].notna().any() else []
+    cols += ["compile_s"] if "compile_s" in df and df["compile_s"].notna().any() else []
     cols += ["top1"]
     if df["delta1"].notna().any():
         cols += ["delta1", "absrel", "rmse"]
@@ -254,6 +256,8 @@ def caption(df: pd.DataFrame, env: dict[str, Any] | None) -> list[str]:
     if counters:
         lines.append("Energy: joules per image (J/img), median over windows of timed batches, each window the energy a "
                      "counter read (" + "; ".join(counters) + ") / the images in it.")
+    elif "energy_reason" in df and df["energy_reason"].notna().any():  # said once, so an absent column is explained
+        lines.append("Energy not measured: " + " | ".join(dict.fromkeys(df["energy_reason"].dropna())) + ".")
     if df["object_share"].notna().any():
         lines.append("Object tokens: share of the generated object's patch tokens that ran the block (ToSA, random) or "
                      "were kept (EViT), mean over the blocks that choose tokens; chance: share of all patch tokens chosen there.")
@@ -283,7 +287,7 @@ def _compile_text(df: pd.DataFrame) -> str:
         return "eager (not compiled)"
     compiled = [m for m in modes if m != EAGER]
     return (("eager and " if EAGER in modes else "") + "torch.compile mode " + ", ".join(compiled)
-            + " (dense twin compiled the same way; compile time not timed)")
+            + " (dense twin compiled the same way; compile: seconds to compile and warm the point's model, never timed)")
 
 
 def _threshold(df: pd.DataFrame) -> float:
@@ -326,7 +330,7 @@ def to_csv(df: pd.DataFrame) -> str:
     units = {"params_m": "params_M", "gmacs": "GMACs", "gflops": "GFLOPs", "gmacs_analytic": "GMACs_analytic",
              "throughput": "throughput_im_s", "throughput_low": "throughput_low_im_s", "throughput_high": "throughput_high_im_s",
              "latency_ms": "latency_ms", "peak_mem_mib": "peak_mem_MiB",
-             "energy_j_img": "energy_J_per_img", "top1": "top1_pct", "top5": "top5_pct",
+             "energy_j_img": "energy_J_per_img", "compile_s": "compile_s", "top1": "top1_pct", "top5": "top5_pct",
              "rmse": "rmse_m", "speedup": "speedup_x", "gmacs_ratio": "gmacs_ratio"}
     cols = [c for c in df.columns if not c.startswith("_")]
     return df[cols].rename(columns=units).to_csv(index=False)
@@ -439,7 +443,7 @@ def _best(df: pd.DataFrame, metrics: Sequence[str]) -> set[tuple[Any, str]]:
 # ------------------------------------------------------------------------- fitted terminal table
 #: short headers, used when the full ones make the table wider than the terminal
 SHORT = {"img_size": "img", "batch_size": "batch", "params_m": "M params", "gmacs_ratio": "GMACs/d",
-         "throughput": "im/s", "speedup": "speed-up", "latency_ms": "lat ms", "peak_mem_mib": "mem MiB", "energy_j_img": "J/img",
+         "throughput": "im/s", "speedup": "speed-up", "latency_ms": "lat ms", "peak_mem_mib": "mem MiB", "energy_j_img": "J/img", "compile_s": "comp s",
          "top1": "top-1 %", "top5": "top-5 %", "rmse": "RMSE m"}
 #: columns that say which point a row is: repeated on every page of a split table
 KEY_COLUMNS = ("model", "img_size", "batch_size", "dtype", "device", "compile", "keep", "method", "setting")
