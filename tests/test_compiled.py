@@ -92,6 +92,16 @@ def test_compiled_outputs_equal_eager_and_the_record_names_the_mode(variant: str
         assert record["kernel_paths"] == [COMPILED_PATH]
 
 
+def test_controls_at_keep_one_compile_to_dense_graph() -> None:
+    """ToSA and random at keep 1.0 (the A/A controls) compile to one graph without a break,
+    as dense does: the compiled A/A compares like with like."""
+    for variant in ("dense", "tosa", "random"):
+        model = build_model(MODEL, variant, **({} if variant == "dense" else {"keep": 1.0})).eval()
+        fresh_compile()
+        _, info = compile_and_warm(model, "default", lambda run: run(_images()))
+        assert (info.graphs, info.graph_breaks) == (1, 0), variant
+
+
 def test_an_eager_record_has_empty_compile_fields() -> None:
     record = measure_point(Point(MODEL, "tosa", OPTIONS["tosa"], batch_size=2), QUICK)
     assert record["compile"] is False

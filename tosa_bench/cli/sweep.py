@@ -124,7 +124,7 @@ class _Bar:
 
     def start(self, index: int, total: int, gp: Any) -> None:
         p = gp.point
-        self.current = f"{p.model} {p.variant} {_short(p.options)} b{p.batch_size} {p.dtype} {p.device}"
+        self.current = f"{p.model} {p.variant} {_short(p.options)} b{p.batch_size} {p.dtype} {p.device}" + (f" compiled {p.compile}" if p.compile else "")
         if self.bar is not None:
             from rich.markup import escape
 

@@ -407,7 +407,8 @@ class RandomReducer(ToSAReducer):
         return {**super().options(), "seed": self.seed}
 
     def prepare(self, x: Tensor, active: tuple[int, ...]) -> None:
-        self._scores = self._draw(x.shape[0], x.shape[1] - 1, len(active), x.device)
+        if active:  # at keep 1.0 nothing is drawn: the forward is dense's, compiled as one graph too
+            self._scores = self._draw(x.shape[0], x.shape[1] - 1, len(active), x.device)
 
     def choose(self, block: int, x: Tensor, maps: Tensor | None, k: int, keep_logits: bool) -> tuple[Tensor, None]:
         scores = self._scores[self.placement.index(block)]
