@@ -235,3 +235,23 @@ def test_cpu_peak_of_a_compiled_point_runs_the_compiled_forward() -> None:
 
     reading = measure_cpu_peak(Point(MODEL, "tosa", OPTIONS["tosa"], batch_size=2, compile="default"), threads=1)
     assert reading.value_mib is not None and reading.value_mib > 0, reading.reason
+
+
+def test_profile_of_a_compiled_point_says_how_it_was_compiled(tmp_path) -> None:
+    result = CliRunner().invoke(app, ["profile", "--model", MODEL, "--variant", "tosa", "--keep", "0.5", "--compile", "--device", "cpu",
+                                      "--time-budget", "0.5", "--warmup", "1", "--repeats", "2", "--out", str(tmp_path / "p.json")])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "torch.compile mode default:" in text and "never timed" in text and "compiled (default)" in text
+    record = json.loads((tmp_path / "p.json").read_text())
+    assert record["compile"] == "default" and record["compile_s"] > 0 and record["compile_s_dense"] > 0
+    assert "per-block time needs module hooks" in record["time_share_reason"] and "time_share_per_block" not in record
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device: compiled points with CUDA graphs (reduce-overhead)")
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_compiled_points_on_a_gpu(mode: str) -> None:
+    for variant in registry.names():
+        record = measure_point(Point(MODEL, variant, _options(variant), batch_size=8, dtype="fp16", device="cuda", compile=mode), QUICK)
+        assert record["compile"] == mode and record["compile_s"] > 0, variant
+        assert registry.is_dense(variant) or record["speedup_paired"] > 0

@@ -81,7 +81,9 @@ def profile_command(
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=out, transient=True, disable=as_json) as bar:
         task = bar.add_task(f"{model} / {variant}")
         record = measure_point(point, settings, stage=lambda s: bar.update(task, description=f"{model} / {variant}: {s}"), model=net)
-        if not no_timing:
+        if not no_timing and point.compile:  # hooks cannot see inside a compiled graph
+            record["time_share_reason"] = "not measured: per-block time needs module hooks, which a compiled graph does not run"
+        elif not no_timing:
             bar.update(task, description=f"{model} / {variant}: per-block time")
             x = torch.randn(batch, 3, cfg.img_size, cfg.img_size, device=resolved)
             shares = block_time_shares(net, x, passes=1 if resolved == "cpu" else 5, dtype=dtype.value)
@@ -135,5 +137,17 @@ def _print_tables(r: dict, env: dict) -> None:
     s.add_row("peak memory", f"{mem:.1f} MiB ({r['peak_mem_method']})" if mem is not None else f"not measured: {r.get('peak_mem_method')}")
     if r.get("nvml_process_mib") is not None:
         s.add_row("NVML process", f"{r['nvml_process_mib']:.1f} MiB (context + allocator cache)")
-    s.add_row("setup", f"{r['device']} ({env.get('device_name') or env.get('cpu_model')}), {r['dtype']}, batch {r['batch_size']}, {r['threads']} threads, torch {env.get('torch')}")
+    if r.get("compile") and r.get("compile_s") is not None:
+        twin = f" (dense twin {r['compile_s_dense']:.1f} s)" if r.get("compile_s_dense") is not None else ""
+        s.add_row("compiled", f"torch.compile mode {r['compile']}: {r['compile_s']:.1f} s to compile and warm{twin}, never timed; "
+                              f"{r['compile_graphs']} graph(s), {r['compile_graph_breaks']} graph break(s)")
+        if r.get("time_share_reason"):
+            s.add_row("time share", r["time_share_reason"])
+    if r.get("energy_j_per_img") is not None:
+        ratio = f", {r['energy_ratio']:.2f}x dense's" if r.get("energy_ratio") is not None else ""
+        s.add_row("energy", f"{r['energy_j_per_img']:.4g} J/image{ratio} ({r['energy_method']})")
+    else:
+        s.add_row("energy", f"not measured: {r.get('energy_reason')}")
+    s.add_row("setup", f"{r['device']} ({env.get('device_name') or env.get('cpu_model')}), {r['dtype']}, batch {r['batch_size']}, "
+                       f"{r['threads']} threads, torch {env.get('torch')}, {'compiled (' + r['compile'] + ')' if r.get('compile') else 'eager'}")
     out.print(s)

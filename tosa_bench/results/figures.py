@@ -215,7 +215,7 @@ def plot_data(run_dirs: Sequence[str | Path] | Sequence[RunData], aggregate: boo
         for col in ("curve", "point_label", "tokens_attn"):
             df[col] = [e[col] for e in extra]
         if df["compile"].nunique() > 1:  # eager and compiled in one run: their curves differ by line style
-            df["curve"] = [", ".join(filter(None, (c, m))) for c, m in zip(df["curve"], df["compile"])]
+            df["curve"] = [", ".join(filter(None, (c, m if m == "eager" else f"compiled {m}"))) for c, m in zip(df["curve"], df["compile"])]
         conds[label] = conditions(run, df)
         if run.torn_tail or run.bad_lines:
             notes.append(f"{run.path}: damaged lines of records.jsonl were skipped")
