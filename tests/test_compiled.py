@@ -149,6 +149,16 @@ def test_a_recompile_inside_the_timing_fails_with_its_reason() -> None:
             raise ValueError("not mine")
 
 
+def test_without_set_stance_a_recompile_is_caught_by_counting_graphs(monkeypatch) -> None:
+    """torch before 2.6 has no ``set_stance``: the graphs compiled inside the phase are
+    counted after it, and any fails the point."""
+    monkeypatch.delattr(torch.compiler, "set_stance")
+    with pytest.raises(RecompiledWhileTimed, match=r"compiled [1-9]\d* new graph\(s\) during the throughput timing"):
+        measure_throughput(Counting(), 2, 4, "cpu", warmup=0, repeats=3, compile="default")
+    r = measure_throughput(Stable(), 2, 4, "cpu", warmup=0, repeats=3, compile="default")  # nothing new: timed
+    assert r["repeats"] == 3
+
+
 def test_the_sweep_records_a_recompile_as_the_points_error_without_traceback() -> None:
     def measure(point, settings, stage):
         raise RecompiledWhileTimed("torch.compile recompiled during the paired throughput timing (x); the point is not timed")

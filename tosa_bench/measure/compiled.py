@@ -117,7 +117,17 @@ def compile_and_warm_together(models: Sequence[torch.nn.Module], mode: str, call
 @contextlib.contextmanager
 def no_recompiles(what: str) -> Iterator[None]:
     """Run a timed phase of compiled models: a recompile inside raises
-    :class:`RecompiledWhileTimed` naming ``what`` (e.g. "throughput") and dynamo's reason."""
+    :class:`RecompiledWhileTimed` naming ``what`` (e.g. "throughput") and dynamo's reason.
+    Where torch has no ``set_stance`` (before 2.6) the phase runs and dynamo's graph count
+    is compared after it: a graph compiled inside fails the point all the same."""
+    if not hasattr(torch.compiler, "set_stance"):
+        graphs0, _ = _dynamo_counts()
+        yield
+        new = _dynamo_counts()[0] - graphs0
+        if new:
+            raise RecompiledWhileTimed(f"torch.compile compiled {new} new graph(s) during the {what} timing; "
+                                       "the point is not timed (compile time would count as a forward)")
+        return
     try:
         with torch.compiler.set_stance("fail_on_recompile"):
             yield
