@@ -405,3 +405,21 @@ def test_without_energy_there_is_no_energy_figure(run, tmp_path):
         F._draw(lambda: F.speedup_energy_vs_keep(data))
     with pytest.raises(F.Skip, match="no energy in the run"):
         F._draw(lambda: F.tradeoff(data, "energy", "top1"))
+
+
+def test_batch_sizes_and_compile_modes_are_separate_curves(tmp_path):
+    """One run with two batch sizes and eager + compiled points: each (batch, mode) is a
+    curve of its own (a line never joins batch 8 to batch 32), told apart in the legend."""
+    records = []
+    for batch, mode, speedup in ((8, False, 1.2), (32, False, 1.3), (8, "default", 0.9), (32, "default", 1.0)):
+        for r in (_record("dense", None, gmacs=DENSE_GMACS), _record("evit", 0.5, gmacs=2.0, speedup=speedup, ci=(speedup - 0.05, speedup + 0.05))):
+            r.update(batch_size=batch, compile=mode, config_hash=f"{r['config_hash']}-{batch}-{mode}")
+            records.append(r)
+    data = F.plot_data([_write_run(tmp_path / "run", records)])
+    fig = F._draw(lambda: F.speedup_vs_keep(data)).figure
+    labels = {ln.get_label(): list(ln.get_ydata()) for ln in fig.axes[0].get_lines() if ln.get_label().startswith("EViT")}
+    assert labels == {"EViT (eager, batch 8)": [], "EViT (eager, batch 32)": [],
+                      "EViT (compiled default, batch 8)": [], "EViT (compiled default, batch 32)": []}
+    for label, speedup in (("eager, batch 8", 1.2), ("eager, batch 32", 1.3), ("compiled default, batch 8", 0.9), ("compiled default, batch 32", 1.0)):
+        drawn = {float(y) for ln in fig.axes[0].get_lines() if ln.get_label() == f"_EViT ({label})" for y in ln.get_ydata()}
+        assert drawn == {speedup}, label  # one point per curve: that record's speed-up alone

@@ -216,6 +216,8 @@ def plot_data(run_dirs: Sequence[str | Path] | Sequence[RunData], aggregate: boo
             df[col] = [e[col] for e in extra]
         if df["compile"].nunique() > 1:  # eager and compiled in one run: their curves differ by line style
             df["curve"] = [", ".join(filter(None, (c, m if m == "eager" else f"compiled {m}"))) for c, m in zip(df["curve"], df["compile"])]
+        if df["batch_size"].nunique() > 1:  # several batch sizes: one curve each, never one line across them
+            df["curve"] = [", ".join(filter(None, (c, f"batch {b}"))) for c, b in zip(df["curve"], df["batch_size"])]
         conds[label] = conditions(run, df)
         if run.torn_tail or run.bad_lines:
             notes.append(f"{run.path}: damaged lines of records.jsonl were skipped")
