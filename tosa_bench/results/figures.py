@@ -101,6 +101,8 @@ Y_AXES: dict[str, tuple[str, str, bool]] = {
 DEFAULT_X = ("gmacs", "throughput")
 #: more legend entries than this go into a column right of the axes (figure widened)
 MAX_LEGEND_ABOVE = 6
+#: inches per legend entry in a column beside the axes: a figure grows to hold them all
+LEGEND_ROW_IN = 0.2
 
 
 # ------------------------------------------------------------------------- pure helpers
@@ -301,6 +303,7 @@ def _legend(fig: "Figure", axes: Sequence["Axes"], ncol: int | None = None) -> N
         return
     if len(labels) > MAX_LEGEND_ABOVE:  # many series (overlaid runs, placements): a column beside the axes
         fig.set_figwidth(max(fig.get_figwidth(), WIDE))
+        fig.set_figheight(max(fig.get_figheight(), LEGEND_ROW_IN * len(labels)))  # every entry above the caption
         fig.legend(handles, labels, loc="outside right upper", ncol=1, frameon=False, handlelength=1.8)
         return
     fig.legend(handles, labels, loc="outside upper center", ncol=ncol or min(3, len(labels)), frameon=False,
@@ -601,9 +604,12 @@ def memory_vs_keep(data: PlotData) -> Drawn:
         part = part.sort_values("keep")
         ax.plot(part["keep"], part["peak_mem_mib"], color=st.colour, marker=st.marker, ls=_line_style(data, run, variant, curve),
                 label=_series_label(data, run, variant, curve, curves_of))
-    for run, dense in ok[ok["_dense"]].groupby("run", sort=False):
-        ax.axhline(float(dense["peak_mem_mib"].iloc[0]), color="#000000", lw=0.8, ls=_run_style(data, run),
-                   label="Dense" + (f" [{run}]" if len(data.runs) > 1 else ""))
+    dense_rows = ok[ok["_dense"]]
+    several = dense_rows.groupby(["run", "curve"]).ngroups > len(data.runs)  # batches or modes: one dense line each
+    for i, ((run, curve), dense) in enumerate(dense_rows.groupby(["run", "curve"], sort=False)):
+        ax.axhline(float(dense["peak_mem_mib"].iloc[0]), color="#000000", lw=0.8,
+                   ls=RUN_STYLES[i % len(RUN_STYLES)] if several else _run_style(data, run),
+                   label="Dense" + (f" ({curve})" if several and curve else "") + (f" [{run}]" if len(data.runs) > 1 else ""))
     ax.set_xlabel("keep (share of patch tokens kept)")
     ax.set_ylabel("peak memory of one forward (MiB)")
     ax.set_ylim(bottom=0)
