@@ -192,7 +192,7 @@ def _paired_steps(model, point: Point, device: str):
     is timed (:mod:`.compiled`; the infos are None for an eager point). Timed by
     :func:`_paired`; the energy windows (:func:`_energy`) run the same two callables."""
     from tosa_bench.measure.compiled import compile_and_warm_together, fresh_compile
-    from tosa_bench.measure.timing import _sync_of
+    from tosa_bench.measure.timing import device_sync
 
     dense = build_model(point.model, registry.DENSE, checkpoint=point.checkpoint, img_size=point.img_size)
     if point.checkpoint is None:
@@ -203,7 +203,7 @@ def _paired_steps(model, point: Point, device: str):
     if point.compile:
         fresh_compile()
         (run_dense, run_variant), (dense_info, variant_info) = compile_and_warm_together(
-            [dense, run_variant], point.compile, call, _sync_of(torch.device(device)))
+            [dense, run_variant], point.compile, call, device_sync(torch.device(device)))
         infos = (variant_info, dense_info)
     return (lambda: call(run_dense)), (lambda: call(run_variant)), infos
 
@@ -244,6 +244,7 @@ def _energy(model, point: Point, settings: Settings, device: str, steps, timed: 
     fields are None with the reason."""
     from tosa_bench.measure import energy
     from tosa_bench.measure.compiled import compile_and_warm, maybe_no_recompiles
+    from tosa_bench.measure.timing import device_sync
 
     if not settings.energy:
         return energy.unmeasured("not measured (energy = false)")
@@ -252,8 +253,7 @@ def _energy(model, point: Point, settings: Settings, device: str, steps, timed: 
     counter, reason = energy.open_counter(device)
     if counter is None:
         return energy.unmeasured(reason)
-    dev = torch.device(device)
-    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+    sync = device_sync(torch.device(device))
     hint = timed["step_ms_median"] / 1e3
     try:
         if steps is not None:

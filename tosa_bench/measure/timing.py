@@ -319,7 +319,7 @@ def _run(
     info = None
     if compile:  # compiled and warmed here, outside the timed steps
         fresh_compile()
-        runner, info = compile_and_warm(model, compile, call, sync=_sync_of(dev))
+        runner, info = compile_and_warm(model, compile, call, sync=device_sync(dev))
     with maybe_no_recompiles(bool(compile), phase):
         stats = measure(lambda: call(runner), warmup, repeats, timer or default_timer(dev), time_budget_s)
     meta = {"batch_size": batch_size, "img_size": [h, w], "device": str(dev), "dtype": dtype, "compile": compile or False,
@@ -327,7 +327,7 @@ def _run(
     return stats, meta
 
 
-def _sync_of(dev: torch.device) -> Callable[[], None]:
+def device_sync(dev: torch.device) -> Callable[[], None]:
     """Wait for ``dev``'s queued work (CUDA); nothing on a CPU, whose ops are synchronous."""
     return (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
 
