@@ -24,10 +24,10 @@ class Ticks:
 def test_selector_time_is_counted_whichever_path_runs(pin_budget, budget):
     """The fused kernel never calls the selector module: its time must still be counted,
     once, in the selector's block and in the ``selectors`` share."""
-    from tosa_bench.methods import selector_kernel
+    from tosa_bench.kernels import selector_cpu
 
-    if budget == FUSED and selector_kernel.kernel() is None:
-        pytest.skip(f"{selector_kernel.unavailable_reason()} (a build error fails tests/test_selector_kernel_build.py where a toolchain is present)")
+    if budget == FUSED and selector_cpu.kernel() is None:
+        pytest.skip(f"{selector_cpu.unavailable_reason()} (a build error fails tests/test_selector_cpu_build.py where a toolchain is present)")
     pin_budget(budget)
     m = build_model("test_deep", "tosa", keep=0.5, placement=[2, 5]).eval()
     clock = Ticks()

@@ -208,12 +208,12 @@ def test_a_model_calibrates_its_real_ops_and_names_them(monkeypatch):
     with torch.inference_mode():
         m(torch.randn(2, 3, 32, 32))
     used = chunks.used_by(m)
-    from tosa_bench.methods import selector_kernel
+    from tosa_bench.kernels import selector_cpu
 
-    ops = ["attention", "selector"] + (["selector-kernel"] if selector_kernel.kernel() is not None else [])
+    ops = ["attention", "selector"] + (["selector-kernel"] if selector_cpu.kernel() is not None else [])
     assert len(timed) == len(ops) and sorted(k.split(" ")[0] for k in used) == ops
 
-    tag = selector_kernel.build_tag() or "pytorch ops only"
+    tag = selector_cpu.build_tag() or "pytorch ops only"
     # test_deep: 2 heads of 16 dims, 65 tokens; selector hidden 2 x heads, kernel 3
     assert any(k.startswith(f"selector heads 2 hidden 4 kernel 3 rows 65 keys 65 | {tag} float32 | ") for k in used), used
     assert any(k.startswith("attention heads 2 tokens 65 head_dim 16 | chunks or fused float32 | ") for k in used), used
@@ -244,9 +244,9 @@ def test_calibrate_command_shows_the_plan_of_both_ops():
     assert result.exit_code == 0, result.output
     assert "attention" in result.output and "selector" in result.output and "calibrated" in result.output
     again = CliRunner().invoke(app, ["calibrate", "--model", "test_deep", "--refresh"], env={"COLUMNS": "200"})
-    from tosa_bench.methods import selector_kernel
+    from tosa_bench.kernels import selector_cpu
 
-    ops = 3 if selector_kernel.kernel() is not None else 2  # attention, selector (and the kernel's vector width)
+    ops = 3 if selector_cpu.kernel() is not None else 2  # attention, selector (and the kernel's vector width)
     assert again.exit_code == 0 and f"forgot {ops} calibration(s)" in again.output and "calibrated" in again.output
     if ops == 3:
         assert "selector-kernel" in again.output and "-byte vectors" in again.output
@@ -255,23 +255,23 @@ def test_calibrate_command_shows_the_plan_of_both_ops():
 def test_a_kernel_that_is_off_says_why_and_leaves_the_pytorch_path(monkeypatch):
     """With the kernel turned off (or not built) it is no calibration candidate
     (``build_tag`` None), and calling it anyway names the reason, not a bare error."""
-    from tosa_bench.methods import selector_kernel
+    from tosa_bench.kernels import selector_cpu
     from tosa_bench.methods.tosa import TokenSelector
 
     sel = TokenSelector(2, 4, 3)
     logits = torch.randn(1, 2, 5, 5)
     for attr in ("_module", "_reason", "_tried"):  # kernel() rewrites these: put them back afterwards
-        monkeypatch.setattr(selector_kernel, attr, getattr(selector_kernel, attr))
-    monkeypatch.setenv(selector_kernel.DISABLE_ENV, "1")
-    monkeypatch.setattr(selector_kernel, "_tried", False)
-    monkeypatch.setattr(selector_kernel, "_module", None)
-    assert selector_kernel.kernel() is None and selector_kernel.build_tag() is None
-    assert selector_kernel.unavailable_reason() == "turned off by TOSA_BENCH_NO_SELECTOR_KERNEL"
+        monkeypatch.setattr(selector_cpu, attr, getattr(selector_cpu, attr))
+    monkeypatch.setenv(selector_cpu.DISABLE_ENV, "1")
+    monkeypatch.setattr(selector_cpu, "_tried", False)
+    monkeypatch.setattr(selector_cpu, "_module", None)
+    assert selector_cpu.kernel() is None and selector_cpu.build_tag() is None
+    assert selector_cpu.unavailable_reason() == "turned off by TOSA_BENCH_NO_SELECTOR_KERNEL"
     with pytest.raises(RuntimeError, match="^turned off by TOSA_BENCH_NO_SELECTOR_KERNEL$"):
-        selector_kernel.received(logits, sel.conv1, sel.conv2, False, 32)
-    monkeypatch.setattr(selector_kernel, "_reason", None)  # tried, no module, no reason recorded
+        selector_cpu.received(logits, sel.conv1, sel.conv2, False, 32)
+    monkeypatch.setattr(selector_cpu, "_reason", None)  # tried, no module, no reason recorded
     with pytest.raises(RuntimeError, match="^the selector kernel is not available$"):
-        selector_kernel.received(logits, sel.conv1, sel.conv2, False, 32)
+        selector_cpu.received(logits, sel.conv1, sel.conv2, False, 32)
     with torch.no_grad():
         assert sel.cpu_budget(logits) != FUSED
 
@@ -335,14 +335,14 @@ def test_a_selector_times_every_budget_on_seeded_maps_of_its_shape_and_keys_it(m
     CALIBRATION_IMAGES seed-0 normal maps of the logits' heads, rows, keys and dtype. The
     key names the shape, the kernel build (or "pytorch ops only") and the dtype, and the
     budget found is what it returns."""
-    from tosa_bench.methods import selector_kernel
+    from tosa_bench.kernels import selector_cpu
     from tosa_bench.methods.tosa import TokenSelector
 
-    tag = selector_kernel.build_tag()
+    tag = selector_cpu.build_tag()
     if kernel_built and tag is None:
-        pytest.skip(f"the selector kernel is not built here: {selector_kernel.unavailable_reason()}")
+        pytest.skip(f"the selector kernel is not built here: {selector_cpu.unavailable_reason()}")
     if not kernel_built:
-        monkeypatch.setattr(selector_kernel, "build_tag", lambda: None)
+        monkeypatch.setattr(selector_cpu, "build_tag", lambda: None)
     seen = _calibrating_spy(monkeypatch, best=2**18)
     sel = TokenSelector(2, 4, 3)
     with torch.no_grad():

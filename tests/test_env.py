@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import tosa_bench
-from tosa_bench.methods import selector_triton
+from tosa_bench.kernels import selector_triton
 from tosa_bench.measure.env import cpu_model, environment_record, git_state
 
 KEYS = {

@@ -182,7 +182,7 @@ def test_off_the_cpu_a_map_block_takes_the_fused_attention(monkeypatch):
 def test_a_kernel_that_cannot_run_falls_back_to_the_pytorch_ops(monkeypatch):
     """(Written after the last GPU session: not yet run on a GPU.) A kernel Triton cannot fit
     on the card gives the PyTorch ops' result, with the reason in the record."""
-    from tosa_bench.methods import selector_triton
+    from tosa_bench.kernels import selector_triton
 
     def cannot(*args, **kwargs):
         raise selector_triton.KernelFailed("the kernel could not run here: OutOfResources: shared memory")

@@ -19,7 +19,7 @@ import tosa_bench.measure.memory as memory
 import tosa_bench.measure.point as point_mod
 import tosa_bench.measure.timing as timing
 from tosa_bench.build import build_model
-from tosa_bench.methods import selector_kernel
+from tosa_bench.kernels import selector_cpu
 from tosa_bench.measure.memory import MemoryReading
 from tosa_bench.measure.compiled import COMPILE_CONVENTION
 from tosa_bench.measure.point import measure_point
@@ -97,7 +97,7 @@ def test_the_record_of_a_tosa_point_written_out(fakes) -> None:
     chunks = rec["cpu_chunks"]
     widths = [k for k in chunks if k.startswith("selector-kernel heads 3 hidden 6 kernel 3 rows 17 keys 17 | ")]
     ran_kernel = rec["kernel_paths"][0].startswith("fused CPU kernel")
-    assert (len(widths) == 1) if ran_kernel else (len(widths) <= (selector_kernel.kernel() is not None))
+    assert (len(widths) == 1) if ran_kernel else (len(widths) <= (selector_cpu.kernel() is not None))
     assert len(chunks) == 2 + len(widths)
     assert sum("attention heads 3 tokens 17" in k for k in chunks) == 1
     assert sum("selector heads 3 hidden 6 kernel 3 rows 17 keys 17" in k for k in chunks) == 1

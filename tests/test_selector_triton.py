@@ -1,9 +1,9 @@
-"""ToSA's Triton selector kernel (tosa_bench/methods/selector_triton.py) on the CPU.
+"""ToSA's Triton selector kernel (tosa_bench/kernels/selector_triton.py) on the CPU.
 
 The kernel's arithmetic runs here through Triton's interpreter (``TRITON_INTERPRET=1``,
 numpy underneath) in a child process, since the variable must be set before Triton is
-imported; each case is compared with a float64 reference written independently of both
-the kernel and the PyTorch path (``conv1d`` over rows, softmax, sums). The shapes cover
+imported; each case is compared with the float64 reference of tosa_bench.kernels.reference,
+written independently of both the kernel and the PyTorch path (``conv1d`` over rows, softmax, sums). The shapes cover
 two programs per image with a partial last one, the "cls" rule's single row, a hidden
 width and key count that are not powers of two, kernels 1 and 5, and maps that are a
 strided view, with 1 to 5 query rows packed per tile. float16 only: float32 maps go to
@@ -22,24 +22,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from tosa_bench.methods import selector_triton
+from tosa_bench.kernels import selector_triton
 from tosa_bench.methods.tosa import TokenSelector
 
 ROOT = Path(__file__).resolve().parents[1]
 
 CHILD = r"""
 import json, sys
-import torch, torch.nn.functional as F
-from tosa_bench.methods import selector_triton
+import torch
+from tosa_bench.kernels import reference, selector_triton
 from tosa_bench.methods.tosa import TokenSelector
-
-def reference(maps, sel):
-    B, H, R, N = maps.shape
-    rows = maps.double().permute(0, 2, 1, 3).reshape(B * R, H, N)
-    w1, b1, w2, b2 = (t.detach().double() for t in (sel.conv1.weight, sel.conv1.bias, sel.conv2.weight, sel.conv2.bias))
-    p = sel.kernel // 2
-    z = F.conv1d(F.relu(F.conv1d(rows, w1, b1, padding=p)), w2, b2, padding=p)
-    return z.softmax(dim=-1).view(B, R, H, N).sum(dim=(1, 2))
 
 out = []
 for case in json.loads(sys.argv[1]):
@@ -54,7 +46,7 @@ for case in json.loads(sys.argv[1]):
     maps = maps.half()
     with torch.no_grad():
         got = selector_triton.received(maps, sel.conv1, sel.conv2)
-    ref = reference(maps, sel)
+    ref = reference.selector_received(maps, *(p.detach() for p in (sel.conv1.weight, sel.conv1.bias, sel.conv2.weight, sel.conv2.bias)))
     out.append({"shape": list(got.shape), "dtype": str(got.dtype),
                 "error": ((got.double() - ref).abs().max() / ref.abs().max()).item()})
 print(json.dumps(out))

@@ -13,7 +13,7 @@ from tosa_bench.errors import OptionError
 from tosa_bench import build_model
 from tosa_bench.methods.base import kept_count
 from tosa_bench.methods.tosa import TokenSelector, parse_placement
-from tosa_bench.methods import selector_kernel
+from tosa_bench.kernels import selector_cpu
 from tosa_bench.models import chunks
 
 MODEL = "test_deep"  # 12 blocks, 32x32 input, patch 4 -> 64 patches + CLS = 65 tokens
@@ -461,7 +461,7 @@ def test_selector_defaults_to_twice_the_heads_and_kernel_3():
 def test_selector_takes_any_odd_kernel_and_at_least_twice_the_heads(heads, hidden, kernel):
     """Both convolutions have the shapes asked for and pad by kernel // 2 on each side, so
     a row keeps its N keys (the nn.Conv1d modules are what saved selectors hold, and what
-    the float64 reference in tests/test_selector_kernel.py runs)."""
+    the float64 reference in tests/test_selector_cpu.py runs)."""
     sel = TokenSelector(num_heads=heads, hidden=hidden, kernel=kernel)
     assert (sel.num_heads, sel.hidden, sel.kernel) == (heads, hidden, kernel)
     assert sel.conv1.weight.shape == (hidden, heads, kernel) and sel.conv2.weight.shape == (heads, hidden, kernel)
@@ -578,8 +578,8 @@ def test_tosa_model_in_chunks_equals_one_piece(pin_budget, dense, importance, ba
     row = m.reducer.selectors["2"].hidden * N * 4  # bytes of one query row's hidden activation
     runs = {}
     for budget in (0, 1, 7 * row, 2 * N * row, chunks.FUSED):  # one piece; one row; 7 rows; 2 images; fused
-        if budget == chunks.FUSED and selector_kernel.kernel() is None:
-            continue  # no compiler here: tests/test_selector_kernel.py says so
+        if budget == chunks.FUSED and selector_cpu.kernel() is None:
+            continue  # no compiler here: tests/test_selector_cpu.py says so
         pin_budget(budget)
         with torch.no_grad():
             out = m(x)

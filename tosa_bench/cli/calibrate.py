@@ -29,7 +29,7 @@ def calibrate_command(
     from rich.table import Table
 
     from tosa_bench.build import build_model
-    from tosa_bench.methods import selector_kernel
+    from tosa_bench.kernels import selector_cpu
     from tosa_bench.models import chunks
     from tosa_bench.precision import autocast, resolve_autocast
 
@@ -56,5 +56,5 @@ def calibrate_command(
         timed = ", ".join(f"{chunks.describe_budget(int(k), op)} {v:.2f}" for k, v in ranked[:3]) + (f" (+{len(ranked) - 3} slower)" if len(ranked) > 3 else "")
         t.add_row(op, shape, chunks.describe_budget(b["bytes"], op), b["source"], timed or "-")
     out.print(t)
-    if selector_kernel.kernel() is None:
-        out.print(f"fused selector kernel: not available ({selector_kernel.unavailable_reason()})")
+    if selector_cpu.kernel() is None:
+        out.print(f"fused selector kernel: not available ({selector_cpu.unavailable_reason()})")

@@ -134,7 +134,7 @@ def environment_record(
             rec["driver_version"], reason = _driver_version(nvml)
             if reason:
                 rec["driver_version_reason"] = reason
-            from tosa_bench.methods import selector_triton
+            from tosa_bench.kernels import selector_triton
 
             # ToSA's selector runs as one Triton kernel where it can; the record says whether it could
             rec["selector_gpu_kernel"], reason = selector_triton.version_or_reason()

@@ -66,7 +66,7 @@ from tosa_bench.methods.base import (
     validate_keep,
 )
 from tosa_bench.methods.registry import GridEntry, Knobs, Method, OptionSpec, register
-from tosa_bench.methods import selector_kernel, selector_triton
+from tosa_bench.kernels import selector_cpu, selector_triton
 from tosa_bench.models.chunks import CALIBRATED, CALIBRATION_IMAGES, CANDIDATE_BYTES, FUSED, Chunked, ChunkKey, items_per_chunk
 
 PLACEMENT_SCHEMES = {
@@ -129,10 +129,10 @@ class TokenSelector(Chunked, nn.Module):
     whose strides are channels-last.
 
     :meth:`received` is the path ToSA's forward uses: it sums the predicted attention per
-    key and, on a CPU, runs either the fused kernel (:mod:`tosa_bench.methods.selector_kernel`)
+    key and, on a CPU, runs either the fused kernel (:mod:`tosa_bench.kernels.selector_cpu`)
     or these convolutions over the rows in chunks, whichever was timed faster on the
     machine (:mod:`tosa_bench.models.chunks`); on CUDA, the Triton kernel
-    (:mod:`tosa_bench.methods.selector_triton`) where it takes the maps, else these
+    (:mod:`tosa_bench.kernels.selector_triton`) where it takes the maps, else these
     convolutions in one piece.
     """
 
@@ -200,12 +200,12 @@ class TokenSelector(Chunked, nn.Module):
 
     def cpu_budget(self, logits: Tensor) -> int | None:
         """The calibrated chunk budget for maps like ``logits`` (None off the CPU; -1 for
-        the fused kernel, :mod:`tosa_bench.methods.selector_kernel`, where it was timed
+        the fused kernel, :mod:`tosa_bench.kernels.selector_cpu`, where it was timed
         faster and can take these maps). Timed on maps of the same shape per image: N
         query rows for the "mean" rule, the CLS row alone for the "cls" rule."""
         H, R, N, dtype = self.num_heads, logits.shape[-2], logits.shape[-1], logits.dtype
         with torch.no_grad():  # the kernel is a candidate for maps it could take without autograd
-            fused = selector_kernel.build_tag() if selector_kernel.usable(logits.detach()) and logits.device.type == "cpu" else None
+            fused = selector_cpu.build_tag() if selector_cpu.usable(logits.detach()) and logits.device.type == "cpu" else None
 
         def key() -> ChunkKey:
             return self._calibration_key("selector", R, N, dtype, fused or "pytorch ops only")
@@ -218,24 +218,24 @@ class TokenSelector(Chunked, nn.Module):
             found = self.chunk_budget(logits.device, key, runner, CANDIDATE_BYTES + ((FUSED,) if fused else ()))
         if found is None:
             return None
-        if found.bytes == FUSED and not selector_kernel.usable(logits):
+        if found.bytes == FUSED and not selector_cpu.usable(logits):
             return found.fallback  # e.g. training: autograd needs the PyTorch path
         return found.bytes
 
     def kernel_vector_bytes(self, logits: Tensor) -> int:
         """The fused kernel's vector width (bytes) for maps like ``logits``: each width the
-        build offers (:func:`selector_kernel.vector_widths`) timed once per machine and shape
+        build offers (:func:`selector_cpu.vector_widths`) timed once per machine and shape
         (:mod:`tosa_bench.models.chunks`, op "selector-kernel"), the fastest kept; the
         narrowest where nothing is calibrated (a trace)."""
-        widths = selector_kernel.vector_widths()
+        widths = selector_cpu.vector_widths()
         H, R, N, dtype = self.num_heads, logits.shape[-2], logits.shape[-1], logits.dtype
 
         def key() -> ChunkKey:
-            return self._calibration_key("selector-kernel", R, N, dtype, selector_kernel.build_tag())
+            return self._calibration_key("selector-kernel", R, N, dtype, selector_cpu.build_tag())
 
         def runner():
             maps = _calibration_maps(H, R, N, dtype)
-            return lambda width: selector_kernel.received(maps, self.conv1, self.conv2, False, width)
+            return lambda width: selector_cpu.received(maps, self.conv1, self.conv2, False, width)
 
         with torch.no_grad():
             found = self.chunk_budget(logits.device, key, runner, widths, whole=False)
@@ -267,7 +267,7 @@ class TokenSelector(Chunked, nn.Module):
         if budget_bytes == FUSED:
             width = self.kernel_vector_bytes(logits)
             self.last_path = f"fused CPU kernel ({width}-byte vectors)"
-            return selector_kernel.received(logits, self.conv1, self.conv2, keep_logits, width)
+            return selector_cpu.received(logits, self.conv1, self.conv2, keep_logits, width)
         if logits.device.type == "cpu":
             self.last_path = "PyTorch ops in one piece" if not budget_bytes else "PyTorch ops in chunks"
         imgs, rows = self.chunking(B, R, N, budget_bytes, logits.element_size())

@@ -1,4 +1,4 @@
-"""ToSA's token selector as one fused CPU kernel (``selector_kernel.cpp``), for inference.
+"""ToSA's token selector as one fused CPU kernel (``selector_cpu.cpp``), for inference.
 
 Why: run as PyTorch ops, the selector of a "mean"-rule block reads and writes several
 (B, H, N, N)-sized tensors (a layout copy for the convolutions, the hidden map, the
@@ -41,7 +41,7 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
-SOURCE = Path(__file__).with_name("selector_kernel.cpp")
+SOURCE = Path(__file__).with_name("selector_cpu.cpp")
 #: environment variable that turns the kernel off (any non-empty value): the PyTorch path is used
 DISABLE_ENV = "TOSA_BENCH_NO_SELECTOR_KERNEL"
 CFLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp")

@@ -1,4 +1,4 @@
-"""ToSA's fused CPU selector kernel (tosa_bench/methods/selector_kernel.cpp) against the
+"""ToSA's fused CPU selector kernel (tosa_bench/kernels/selector_cpu.cpp) against the
 PyTorch path it replaces: the same attention received and predicted logits, to float
 rounding, for shapes that exercise every padding and blocking edge, any thread count, and
 a whole model's selections."""
@@ -10,27 +10,24 @@ import torch
 import torch.nn.functional as F
 
 from tosa_bench.build import build_model
-from tosa_bench.methods import selector_kernel
+from tosa_bench.kernels import reference as kernel_reference
+from tosa_bench.kernels import selector_cpu
 from tosa_bench.methods.tosa import TokenSelector
 from tosa_bench.models import chunks
 from tosa_bench.models.chunks import FUSED, WHOLE
 
-pytestmark = pytest.mark.skipif(selector_kernel.kernel() is None, reason=f"{selector_kernel.unavailable_reason()} (a build error fails tests/test_selector_kernel_build.py where a toolchain is present)")
+pytestmark = pytest.mark.skipif(selector_cpu.kernel() is None, reason=f"{selector_cpu.unavailable_reason()} (a build error fails tests/test_selector_cpu_build.py where a toolchain is present)")
 
 
 def reference(logits, sel):
-    """The selector row by row with nn.Conv1d, in float64: independent of both paths."""
-    B, H, R, N = logits.shape
-    rows = logits.double().permute(0, 2, 1, 3).reshape(B * R, H, N)
-    c1, c2 = sel.conv1.double(), sel.conv2.double()
-    try:
-        z = c2(F.relu(c1(rows))).reshape(B, R, H, N).permute(0, 2, 1, 3)
-    finally:
-        sel.float()
+    """The selector row by row with nn.Conv1d, in float64 (tosa_bench.kernels.reference):
+    independent of both paths."""
+    w = [t.detach() for t in (sel.conv1.weight, sel.conv1.bias, sel.conv2.weight, sel.conv2.bias)]
+    z = kernel_reference.selector_logits(logits, *w)
     return z.softmax(-1).sum(dim=(1, 2)), z
 
 
-@pytest.fixture(params=selector_kernel.vector_widths() or (32,), ids=lambda w: f"{w}-byte vectors")
+@pytest.fixture(params=selector_cpu.vector_widths() or (32,), ids=lambda w: f"{w}-byte vectors")
 def width(request, monkeypatch):
     """Each vector width the kernel is built for, pinned (the model-level tests below run
     whichever width is calibrated on this machine)."""
@@ -74,7 +71,7 @@ def test_kernel_equals_reference(width, heads, hidden, kernel, batch, rows, keys
 
 
 def test_kernel_softmax_is_exact_to_float_rounding_over_a_wide_range(width):
-    """The kernel's own exp (a polynomial and the exponent bits, selector_kernel.cpp) entry
+    """The kernel's own exp (a polynomial and the exponent bits, selector_cpu.cpp) entry
     by entry: one head, one row, a selector that passes its input through (kernel 1,
     identity start), so every received value is one softmax probability. Logits spread over
     +-400 reach every exponent down to where exp underflows (below e^-87 the kernel gives 0).
@@ -130,22 +127,22 @@ def test_16_bit_maps_are_read_into_float32(width, dtype):
 def test_a_built_kernel_names_its_build():
     """Calibrations that timed the kernel are keyed by its build tag: the hash of its
     source, flags and machine, so a changed kernel is timed afresh."""
-    tag = selector_kernel.build_tag()
-    assert tag == selector_kernel._build_name() and tag.startswith("tosa_bench_selector_") and len(tag) == len("tosa_bench_selector_") + 12
+    tag = selector_cpu.build_tag()
+    assert tag == selector_cpu._build_name() and tag.startswith("tosa_bench_selector_") and len(tag) == len("tosa_bench_selector_") + 12
 
 
 def test_kernel_refuses_what_it_cannot_take():
-    assert not selector_kernel.usable(torch.zeros(1, 2, 3, 3, dtype=torch.float64))
-    assert not selector_kernel.usable(torch.zeros(1, 2, 3, 3, device="meta"))
+    assert not selector_cpu.usable(torch.zeros(1, 2, 3, 3, dtype=torch.float64))
+    assert not selector_cpu.usable(torch.zeros(1, 2, 3, 3, device="meta"))
     with torch.enable_grad():
-        assert not selector_kernel.usable(torch.zeros(1, 2, 3, 3))
+        assert not selector_cpu.usable(torch.zeros(1, 2, 3, 3))
     with torch.no_grad():
-        assert selector_kernel.usable(torch.zeros(1, 2, 3, 3))
+        assert selector_cpu.usable(torch.zeros(1, 2, 3, 3))
     with pytest.raises(RuntimeError, match="float32"):
-        selector_kernel.kernel().selector_received(torch.zeros(1, 2, 3, 3, dtype=torch.float64), *[torch.zeros(4, 2, 3), torch.zeros(4), torch.zeros(2, 4, 3), torch.zeros(2)], False, 32)
+        selector_cpu.kernel().selector_received(torch.zeros(1, 2, 3, 3, dtype=torch.float64), *[torch.zeros(4, 2, 3), torch.zeros(4), torch.zeros(2, 4, 3), torch.zeros(2)], False, 32)
     sel = TokenSelector(2, 4, 3)
     with torch.no_grad(), pytest.raises(RuntimeError, match="vector_bytes must be 32 or 64, got 16"):
-        selector_kernel.received(torch.zeros(1, 2, 3, 3), sel.conv1, sel.conv2, False, 16)
+        selector_cpu.received(torch.zeros(1, 2, 3, 3), sel.conv1, sel.conv2, False, 16)
 
 
 def test_the_vector_width_is_timed_on_this_machine(monkeypatch):
@@ -167,8 +164,8 @@ def test_the_vector_width_is_timed_on_this_machine(monkeypatch):
     asked = [c for c in calls if c[0].op == "selector-kernel"]
     key, candidates, whole = asked[0]
     assert len(asked) == 2 and asked[1] == asked[0]  # asked at each call, one key
-    assert candidates == selector_kernel.vector_widths() == (32, 64) and whole is False and width in candidates
-    assert key.shape == f"heads 3 hidden 6 kernel 3 rows 5 keys 23 | {selector_kernel.build_tag()}" and key.dtype == "float32"
+    assert candidates == selector_cpu.vector_widths() == (32, 64) and whole is False and width in candidates
+    assert key.shape == f"heads 3 hidden 6 kernel 3 rows 5 keys 23 | {selector_cpu.build_tag()}" and key.dtype == "float32"
     assert set(chunks.read_cache()[key.text()]["median_ms"]) == {"32", "64"}
     assert chunks.used_by(sel)[key.text()]["bytes"] == width
     assert sel.last_path == f"fused CPU kernel ({width}-byte vectors)"

@@ -1,4 +1,4 @@
-// ToSA's token selector for CPU inference, one query row at a time (see selector_kernel.py).
+// ToSA's token selector for CPU inference, one query row at a time (see selector_cpu.py).
 //
 // For every (image b, query row r) the row's logits x[h][0..N) (H heads) go through
 //   hidden[c][j] = relu(b1[c] + sum_{h,t} w1[c][h][t] x[h][j + t - p])      (Conv1d H -> C)
@@ -23,7 +23,7 @@ namespace {
 
 // The kernel is compiled for two vector widths, 32 and 64 bytes (8 or 16 floats: one AVX2
 // or one AVX-512 register; on narrower hardware the compiler splits them), and the faster
-// one on the machine is chosen by timing (selector_kernel.py), not assumed: on an AVX-512
+// one on the machine is chosen by timing (selector_cpu.py), not assumed: on an AVX-512
 // CPU the 64-byte form ran 1.5x faster; on an AVX2-only one its 12 sums of 64 bytes would
 // need 24 of the 16 registers (not measured: no such CPU was at hand since this was written).
 constexpr int64_t CB = 6;  // output channels whose sums stay in registers together
