@@ -41,9 +41,10 @@ Record units and conventions (every record says them in ``conventions``):
 - ``cpu_chunks``: the chunk budget (bytes per chunk, 0 = one piece) of each chunked CPU op
   the model ran, calibrated on this machine, and where it came from
   (:mod:`tosa_bench.models.chunks`); {} off the CPU.
-- ``kernel_paths``: how the method's own modules ran in the check's forward, where they
-  can run more than one way (ToSA's selectors: "triton kernel" on CUDA, "fused CPU
-  kernel", "PyTorch ops ..." with the reason on CUDA); [] for the other methods.
+- ``kernel_paths``: how the model's modules ran in the check's forward, where they can
+  run more than one way (ToSA's selectors: "triton kernel" on CUDA, "fused CPU kernel",
+  "PyTorch ops ..." with the reason on CUDA; ToMe's biased attention: the backend timed
+  fastest, "biased attention: sdpa (...)"); [] for dense, EViT and the random control.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ from tosa_bench.measure.flops import count_macs
 from tosa_bench.measure.compiled import COMPILE_CONVENTION
 from tosa_bench.measure.spec import MAC_CONVENTION, NonFiniteOutput, Point, Settings, build_point_model, resolve_device
 from tosa_bench.methods import registry
-from tosa_bench.methods.base import TokenReducer
+from tosa_bench.methods.base import TokenReducer, kernel_paths
 from tosa_bench.methods.registry import expected_token_counts
 from tosa_bench.models.chunks import used_by
 from tosa_bench.precision import autocast
@@ -370,7 +371,7 @@ def measure_point(point: Point, settings: Settings = Settings(), stage: Callable
     _check_finite(model, point, device)
     record["threads"] = torch.get_num_threads()
     record["cpu_chunks"] = used_by(model)  # settled by the check's forward, before any timing
-    record["kernel_paths"] = model.reducer.kernel_paths(compiled=bool(point.compile))
+    record["kernel_paths"] = kernel_paths(model, compiled=bool(point.compile))
     if settings.timing:
         from tosa_bench.measure.timing import measure_latency
 

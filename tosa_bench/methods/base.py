@@ -76,6 +76,17 @@ class BlockSelection:
     index: Tensor
 
 
+def kernel_paths(module: nn.Module, compiled: bool = False) -> list[str]:
+    """How ``module``'s submodules ran their last eager forward, where they can run more
+    than one way (ToSA's selector: a Triton kernel, the fused CPU kernel or PyTorch ops;
+    attention with ToMe's bias: the backend timed fastest): the distinct ``last_path`` of
+    its submodules, sorted; [] where none ran more than one way. ``compiled``: the model
+    runs under ``torch.compile``, where those modules leave their ops to the compiler
+    (:data:`COMPILED_PATH`)."""
+    paths = sorted({p for m in module.modules() if (p := getattr(m, "last_path", None))})
+    return [COMPILED_PATH] if compiled and paths else paths
+
+
 def validate_keep(keep: float) -> float:
     """Keep ratio in (0, 1]; anything else (incl. NaN, bool) is an ``OptionError`` naming ``keep``."""
     if isinstance(keep, bool) or not isinstance(keep, (int, float)):
@@ -144,13 +155,8 @@ class TokenReducer(nn.Module):
         return {}
 
     def kernel_paths(self, compiled: bool = False) -> list[str]:
-        """How the method's own modules ran their last eager forward, where they can run
-        more than one way (ToSA's selector: a Triton kernel, the fused CPU kernel or PyTorch
-        ops): the distinct ``last_path`` of its submodules, sorted; [] for the others.
-        ``compiled``: the model runs under ``torch.compile``, where those modules leave
-        their ops to the compiler (:data:`COMPILED_PATH`)."""
-        paths = sorted({p for m in self.modules() if (p := getattr(m, "last_path", None))})
-        return [COMPILED_PATH] if compiled and paths else paths
+        """:func:`kernel_paths` of the method's own modules."""
+        return kernel_paths(self, compiled)
 
     def forward(self, blocks: nn.ModuleList, x: Tensor, collect: tuple[int, ...] = (), need_full: bool = False) -> ReducerOutput:
         counts, inter = [], {}

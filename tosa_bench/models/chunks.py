@@ -18,7 +18,10 @@ once per machine at a few working-set budgets and the fastest is kept.
   q k^T), timed against the chunked path like any other candidate. The selector's kernel
   is itself built for two vector widths, and which one runs is a calibration of its own
   (op "selector-kernel"; its values are the vector's bytes, 32 or 64, with no one-piece
-  option: ``whole=False``).
+  option: ``whole=False``). A choice between named forms of an op is calibrated the same
+  way, its value the form's index: the backend of attention with a per-key bias
+  (op "biased-attention", :mod:`tosa_bench.kernels.biased_attention`), timed on CUDA too,
+  where the key names the card.
 * **How:** :func:`calibrate` runs the op on :data:`CALIBRATION_IMAGES` random images at
   each budget of :data:`CANDIDATE_BYTES` and in one piece, in rotated order for
   :data:`CALIBRATION_ROUNDS` rounds, and keeps the budget with the lowest median time
@@ -68,14 +71,16 @@ CALIBRATED = -2  # an op's default argument: "use the budget calibrated for this
 
 @dataclass(frozen=True)
 class ChunkKey:
-    """What a calibration holds for: an op, its shape and dtype, on this machine."""
+    """What a calibration holds for: an op, its shape and dtype, on this machine (and on
+    ``device`` where that is not the CPU: a choice timed on a GPU holds for that GPU)."""
 
     op: str
     shape: str
     dtype: str
+    device: str = "cpu"
 
     def text(self) -> str:
-        return f"{self.op} {self.shape} {self.dtype} | {machine_signature()}"
+        return f"{self.op} {self.shape} {self.dtype} | {device_signature(self.device)}"
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,17 @@ def machine_signature() -> str:
     if _signature is None or not _signature.endswith(f"threads {threads}"):
         _signature = f"{cpu_model() or 'unknown cpu'} | caches {_cache_sizes()} | torch {torch.__version__} | threads {threads}"
     return _signature
+
+
+def device_signature(device: str | torch.device) -> str:
+    """:func:`machine_signature` on the CPU; for a CUDA device the card's name, compute
+    capability and CUDA version in front of it (a choice timed on one card is not taken
+    for another, and ``drop_machine`` still finds it)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return machine_signature()
+    props = torch.cuda.get_device_properties(device)
+    return f"{props.name} | cc {props.major}.{props.minor} | cuda {torch.version.cuda} | {machine_signature()}"
 
 
 def _cache_sizes(root: str = "/sys/devices/system/cpu/cpu0/cache") -> str:
@@ -204,6 +220,10 @@ def describe_budget(nbytes: int, op: str = "selector") -> str:
     '2048 KiB chunks'; for the selector kernel's own choice, '64-byte vectors'."""
     if op == "selector-kernel":
         return f"{nbytes}-byte vectors"
+    if op == "biased-attention":
+        from tosa_bench.kernels.biased_attention import BACKENDS
+
+        return BACKENDS[nbytes] if 0 <= nbytes < len(BACKENDS) else f"backend {nbytes}"
     if nbytes == FUSED:
         return "fused kernel" if op == "selector" else "fused attention + logits"
     return "one piece" if nbytes == WHOLE else f"{nbytes // 1024} KiB chunks"
@@ -216,10 +236,11 @@ def known_budgets() -> dict[str, list[int]]:
 
 
 def budget(key: ChunkKey, runner: Callable[[], Callable[[int], None]], candidates: tuple[int, ...] = CANDIDATE_BYTES,
-           whole: bool = True) -> Budget:
+           whole: bool = True, clock: Callable[[], float] = time.perf_counter) -> Budget:
     """The budget for ``key``: this process's, a parent's, the cache's, or a new
     calibration over ``candidates`` (and one piece unless ``whole`` is False) with
-    ``runner()`` (a function that runs the op once at a given budget), stored in the cache."""
+    ``runner()`` (a function that runs the op once at a given budget), timed by ``clock``
+    (on a GPU one that waits for the device first), stored in the cache."""
     text = key.text()
     found = _memo.get(text)
     if found is not None:
@@ -232,7 +253,7 @@ def budget(key: ChunkKey, runner: Callable[[], Callable[[int], None]], candidate
         if entry is not None:
             found = Budget(entry["bytes"], "cache", entry.get("fallback", WHOLE))
         else:
-            best, medians = calibrate(runner(), candidates=candidates, whole=whole)
+            best, medians = calibrate(runner(), candidates=candidates, whole=whole, clock=clock)
             fallback = min((b for b in medians if b != FUSED), key=lambda b: (medians[b], b == WHOLE, b))
             entry = {"bytes": best, "fallback": fallback, "median_ms": {str(b): round(t * 1e3, 4) for b, t in medians.items()},
                      "images": CALIBRATION_IMAGES, "rounds": CALIBRATION_ROUNDS,
@@ -243,15 +264,27 @@ def budget(key: ChunkKey, runner: Callable[[], Callable[[int], None]], candidate
     return found
 
 
+class CandidateUnavailable(Exception):
+    """Raised by a calibration's ``run`` for a candidate that cannot take these inputs
+    (e.g. an attention kernel that refuses a mask): it is left out of the timing."""
+
+
 def calibrate(run: Callable[[int], None], candidates: tuple[int, ...] = CANDIDATE_BYTES, rounds: int = CALIBRATION_ROUNDS,
               clock: Callable[[], float] = time.perf_counter, whole: bool = True) -> tuple[int, dict[int, float]]:
     """Time ``run(budget)`` for each candidate and, unless ``whole`` is False, for one
     piece (:data:`WHOLE`), in an order rotated each round so drift hits all alike, after
-    one untimed pass; return the budget with the lowest median seconds and every median.
-    Ties go to the smaller budget (less memory)."""
-    options = sorted(set(candidates) - {WHOLE}) + ([WHOLE] if whole else [])
-    for b in options:
-        run(b)
+    one untimed pass (a candidate whose pass raises :class:`CandidateUnavailable` is left
+    out); return the budget with the lowest median seconds and every median. Ties go to
+    the smaller budget (less memory)."""
+    options = []
+    for b in (sorted(set(candidates) - {WHOLE}) + [WHOLE]) if whole else sorted(set(candidates)):  # 0 is a form's index where not whole
+        try:
+            run(b)
+        except CandidateUnavailable:
+            continue
+        options.append(b)
+    if not options:
+        raise RuntimeError("calibration: no candidate could run")
     times: dict[int, list[float]] = {b: [] for b in options}
     for r in range(rounds):
         for b in options[r % len(options):] + options[: r % len(options)]:
@@ -264,12 +297,26 @@ def calibrate(run: Callable[[int], None], candidates: tuple[int, ...] = CANDIDAT
 
 
 def cpu_budget(device: torch.device, key: Callable[[], ChunkKey], runner: Callable[[], Callable[[int], None]],
-               candidates: tuple[int, ...] = CANDIDATE_BYTES, whole: bool = True) -> Budget | None:
-    """The budget an op on ``device`` should use now, or None for one piece: off the CPU,
+               candidates: tuple[int, ...] = CANDIDATE_BYTES, whole: bool = True,
+               devices: tuple[str, ...] = ("cpu",)) -> Budget | None:
+    """The budget an op on ``device`` should use now, or None for one piece (or the op's
+    default): on a device type not in ``devices`` (most ops are timed on the CPU only; a
+    choice between kernels, such as a backend, is timed on CUDA too), on the meta device,
     and while the model is traced or compiled (see the module docstring)."""
-    if device.type != "cpu" or torch.jit.is_tracing() or torch.compiler.is_compiling():
+    if device.type not in devices or torch.jit.is_tracing() or torch.compiler.is_compiling():
         return None
+    if device.type == "cuda":
+        return budget(key(), runner, candidates, whole, clock=_cuda_clock(device))
     return budget(key(), runner, candidates, whole)
+
+
+def _cuda_clock(device: torch.device) -> Callable[[], float]:
+    """A clock that first waits for ``device``'s queued work, so a timed call's kernels
+    are inside its window."""
+    def clock() -> float:
+        torch.cuda.synchronize(device)
+        return time.perf_counter()
+    return clock
 
 
 def items_per_chunk(total: int, bytes_per_item: int, budget_bytes: int | None) -> int:
@@ -285,8 +332,9 @@ class Chunked:
     and remembers the ones it used, which :func:`used_by` collects for a record."""
 
     def chunk_budget(self, device: torch.device, key: Callable[[], ChunkKey], runner: Callable[[], Callable[[int], None]],
-                     candidates: tuple[int, ...] = CANDIDATE_BYTES, whole: bool = True) -> Budget | None:
-        found = cpu_budget(device, key, runner, candidates, whole)
+                     candidates: tuple[int, ...] = CANDIDATE_BYTES, whole: bool = True,
+                     devices: tuple[str, ...] = ("cpu",)) -> Budget | None:
+        found = cpu_budget(device, key, runner, candidates, whole, devices)
         if found is not None:
             self.__dict__.setdefault("chunk_budgets", {})[key().text()] = found
         return found

@@ -21,7 +21,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tosa_bench.errors import OptionError
-from tosa_bench.models.chunks import CALIBRATED, CALIBRATION_IMAGES, CANDIDATE_BYTES, FUSED, Chunked, ChunkKey, items_per_chunk
+from tosa_bench.kernels import biased_attention
+from tosa_bench.models.chunks import (CALIBRATED, CALIBRATION_IMAGES, CANDIDATE_BYTES, FUSED, CandidateUnavailable, Chunked, ChunkKey,
+                                      items_per_chunk)
 from tosa_bench.models.configs import ViTConfig
 
 
@@ -43,7 +45,8 @@ class AttentionOutput(NamedTuple):
 class Attention(Chunked, nn.Module):
     """Multi-head self-attention with two paths.
 
-    * fused ``F.scaled_dot_product_attention`` whenever no attention map is needed;
+    * fused ``F.scaled_dot_product_attention`` whenever no attention map is needed; with a
+      ``bias``, the backend timed fastest on the device (:meth:`bias_backend`);
     * explicit ``softmax(q k^T * scale + bias) @ v`` when ``need_logits=True``, used only
       in the blocks whose full map a method reads (the block before a ToSA selector);
     * fused attention plus the CLS query's logits alone (one 1 x n row per head) when
@@ -53,6 +56,9 @@ class Attention(Chunked, nn.Module):
     ``bias`` is an additive logit bias broadcastable to (B, H, n, n), e.g. ToMe's
     proportional attention ``log(size)`` over keys.
     """
+
+    #: how the last biased attention ran (its backend), for a record's ``kernel_paths``
+    last_path: str | None = None
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True) -> None:
         super().__init__()
@@ -74,7 +80,9 @@ class Attention(Chunked, nn.Module):
         else:
             if bias is not None:
                 bias = bias.to(q.dtype)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+                y = self._biased(q, k, v, bias)
+            else:
+                y = F.scaled_dot_product_attention(q, k, v)
             if need_logits == "cls":
                 logits = (q[:, :, :1] * self.scale) @ k.transpose(-2, -1)
                 if bias is not None:
@@ -105,6 +113,50 @@ class Attention(Chunked, nn.Module):
         step = items_per_chunk(B, H * n * n * logits.element_size(), budget_bytes)
         outs = [logits[b : b + step].softmax(dim=-1) @ v[b : b + step] for b in range(0, B, step)]
         return (outs[0] if len(outs) == 1 else torch.cat(outs)), logits
+
+    def _biased(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
+        """softmax(q k^T * scale + bias) v on the backend timed fastest for these shapes on
+        this device (:mod:`tosa_bench.kernels.biased_attention`); ``last_path`` names it."""
+        backend = self.bias_backend(q, bias)
+        self.last_path = f"biased attention: {backend} ({biased_attention.DESCRIPTION[backend]})"
+        return biased_attention.attend(backend, q, k, v, bias, self.scale)
+
+    def bias_backend(self, q: Tensor, bias: Tensor) -> str:
+        """The backend of :meth:`_biased` for inputs like ``q`` (B, H, n, d) and ``bias``:
+        each one the device offers timed once per device, shape and dtype (on a CPU on
+        ``CALIBRATION_IMAGES`` images, as the chunk sizes are; on CUDA at this batch, where
+        the fastest kernel depends on how full the card is), the fastest kept;
+        :data:`~tosa_bench.kernels.biased_attention.DEFAULT` where nothing is timed
+        (compiled, traced, other devices)."""
+        B, H, n, d = q.shape
+        dev, dtype, cuda = q.device, q.dtype, q.device.type == "cuda"
+        names = biased_attention.candidates(dev)
+
+        def key() -> ChunkKey:
+            shape = f"heads {H} tokens {n} head_dim {d} bias {'x'.join(map(str, bias.shape[1:]))}" + (f" batch {B}" if cuda else "")
+            return ChunkKey("biased-attention", shape + " | " + ", ".join(names), str(dtype).removeprefix("torch."), str(dev) if cuda else "cpu")
+
+        def runner():
+            images = B if cuda else CALIBRATION_IMAGES
+            g = torch.Generator(device=dev).manual_seed(0)
+            qkv = [torch.randn(images, H, n, d, generator=g, device=dev).to(dtype) for _ in range(3)]
+            sizes = torch.randint(1, 8, (images, *bias.shape[1:]), generator=g, device=dev)  # merged-token sizes
+            b = sizes.float().log().to(dtype)
+            calls = 10 if cuda else 1  # a GPU call is tens of microseconds: time ten
+
+            def run(i: int) -> None:
+                backend = biased_attention.BACKENDS[i]
+                try:
+                    for _ in range(calls):
+                        biased_attention.attend(backend, *qkv, b, self.scale)
+                except RuntimeError as e:  # a pinned kernel that refuses these inputs
+                    raise CandidateUnavailable(str(e)) from e
+            return run
+
+        with torch.no_grad():
+            found = self.chunk_budget(dev, key, runner, tuple(biased_attention.BACKENDS.index(b) for b in names), whole=False,
+                                      devices=("cpu", "cuda"))
+        return biased_attention.DEFAULT if found is None else biased_attention.BACKENDS[found.bytes]
 
     def cpu_budget(self, q: Tensor, n: int) -> int | None:
         """The calibrated chunk budget of :meth:`_explicit` for ``n`` tokens (None off the CPU)."""
