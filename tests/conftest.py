@@ -40,7 +40,7 @@ def pytest_collection_modifyitems(config, items):
 def pin_budget(monkeypatch):
     """``pin_budget(b, fallback=WHOLE)`` makes every chunked op ("selector", "attention")
     use budget ``b`` for the rest of the test. The selector kernel's vector width (op
-    "selector-kernel") is not a chunk budget: it keeps being calibrated (in this session's
+    "selector-kernel") and the biased attention's backend are not chunk budgets: they keep being calibrated (in this session's
     cache directory), so a pinned fused budget runs the kernel as it would run."""
     from tosa_bench.models import chunks
 
@@ -48,7 +48,7 @@ def pin_budget(monkeypatch):
 
     def pin(b: int, fallback: int = chunks.WHOLE) -> None:
         def pinned(key, runner, candidates=(), whole=True):
-            if key.op == "selector-kernel":
+            if key.op in ("selector-kernel", "biased-attention"):  # choices of a kernel, not chunk budgets
                 return real(key, runner, candidates, whole)
             return chunks.Budget(b, "set", fallback)
 

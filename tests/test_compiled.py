@@ -31,7 +31,8 @@ from tosa_bench.measure.point import measure_point
 from tosa_bench.measure.spec import COMPILE_MODES, Point, Settings, compile_label, compile_mode
 from tosa_bench.measure.timing import measure_throughput
 from tosa_bench.methods import registry
-from tosa_bench.methods.base import COMPILED_PATH
+from tosa_bench.methods.base import COMPILED_PATH, kernel_paths
+from tosa_bench.models.chunks import FUSED
 from tosa_bench.results.compare import point_config, point_label
 from tosa_bench.results.tables import frame, to_markdown
 from tosa_bench.sweep.grid import expand as build_grid
@@ -87,9 +88,46 @@ def test_compiled_outputs_equal_eager_and_the_record_names_the_mode(variant: str
         assert record["compile_s_dense"] is None  # dense is timed alone: no twin
     else:
         assert record["compile_s_dense"] > 0 and record["speedup_paired"] > 0
-    assert record["kernel_paths"] in ([], [COMPILED_PATH])
-    if variant == "tosa":
-        assert record["kernel_paths"] == [COMPILED_PATH]
+    in_graph = [p for p in record["kernel_paths"] if p.endswith(", a custom op in the compiled graph")]
+    assert record["kernel_paths"] in ([], [COMPILED_PATH], in_graph) and len(in_graph) <= 1
+    if variant in ("tosa", "tome"):  # ToSA's selector kernel where it was timed faster; ToMe's biased attention
+        assert record["kernel_paths"] == (in_graph or [COMPILED_PATH])
+        assert not in_graph or (variant == "tosa" and in_graph[0].startswith("fused CPU kernel ("))
+
+
+def test_compiled_tosa_calls_the_cpu_selector_kernel_inside_one_graph(pin_budget) -> None:
+    """Where the fused CPU kernel was timed faster, the compiled model keeps it as a custom
+    op: one graph, no break, the same selections and outputs as eager, and the record says
+    so. The operator's fake (shape) implementation agrees with the real one (opcheck)."""
+    from tosa_bench.kernels import selector_cpu
+
+    if selector_cpu.kernel() is None:
+        pytest.skip(f"{selector_cpu.unavailable_reason()} (tests/test_selector_cpu_build.py covers the build)")
+    pin_budget(FUSED)
+    x = _images()
+    model = build_model(MODEL, "tosa", keep=0.5).eval()
+    with torch.inference_mode():
+        eager = model(x)
+        eager_sel = {b: s.index.clone() for b, s in model.reducer.last_selection.items()}
+    def call(run) -> None:
+        with torch.inference_mode():
+            run(x)
+
+    fresh_compile()
+    runner, info = compile_and_warm(model, "default", call)
+    with no_recompiles("test"), torch.inference_mode():
+        compiled = runner(x)
+    assert (info.graphs, info.graph_breaks) == (1, 0)
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+    assert all(torch.equal(model.reducer.last_selection[b].index, eager_sel[b]) for b in eager_sel)
+    width = model.reducer.selectors["1"].compiled_kernel[3]
+    assert kernel_paths(model, compiled=True) == [f"fused CPU kernel ({width}-byte vectors), a custom op in the compiled graph"]
+    sel = model.reducer.selectors["1"]
+    maps = torch.randn(2, sel.num_heads, 5, 7)
+    args = (maps, sel.conv1.weight.detach(), sel.conv1.bias.detach(), sel.conv2.weight.detach(), sel.conv2.bias.detach(), width)
+    torch.library.opcheck(selector_cpu.received_op, args, test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
+    expect = selector_cpu.received(maps, sel.conv1, sel.conv2, False, width)[0]
+    torch.testing.assert_close(selector_cpu.received_op(*args), expect, rtol=0, atol=0)
 
 
 def test_controls_at_keep_one_compile_to_dense_graph() -> None:

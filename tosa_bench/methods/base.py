@@ -16,8 +16,8 @@ from torch import Tensor, nn
 
 from tosa_bench.errors import OptionError
 
-#: how a method's own modules run under ``torch.compile``: they skip their hand-written
-#: kernels (a call into one would break the graph) and the compiler fuses their ops
+#: how a method's own modules run under ``torch.compile`` where they have no kernel
+#: registered as a custom op: the compiler fuses their PyTorch ops
 COMPILED_PATH = "PyTorch ops compiled by torch.compile"
 
 
@@ -82,9 +82,12 @@ def kernel_paths(module: nn.Module, compiled: bool = False) -> list[str]:
     attention with ToMe's bias: the backend timed fastest): the distinct ``last_path`` of
     its submodules, sorted; [] where none ran more than one way. ``compiled``: the model
     runs under ``torch.compile``, where those modules leave their ops to the compiler
-    (:data:`COMPILED_PATH`)."""
-    paths = sorted({p for m in module.modules() if (p := getattr(m, "last_path", None))})
-    return [COMPILED_PATH] if compiled and paths else paths
+    (:data:`COMPILED_PATH`) unless they keep a kernel as a custom op in the graph (their
+    ``compiled_path``)."""
+    ran = [m for m in module.modules() if getattr(m, "last_path", None)]
+    if compiled:  # a module that keeps its kernel in the compiled graph says so (ToSA's selector)
+        return sorted({getattr(m, "compiled_path", None) or COMPILED_PATH for m in ran})
+    return sorted({m.last_path for m in ran})
 
 
 def validate_keep(keep: float) -> float:

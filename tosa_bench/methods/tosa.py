@@ -140,6 +140,22 @@ class TokenSelector(Chunked, nn.Module):
     #: vectors)", "PyTorch ops ..." with the reason on CUDA); records list these
     #: (``kernel_paths``). Under ``torch.compile`` the ops are left to the compiler.
     last_path: str | None = None
+    #: (rows, keys, dtype, kernel) of the maps the last eager call ran a kernel on: the
+    #: fused CPU kernel where it was timed faster (kernel = its vector bytes), or the
+    #: Triton kernel on CUDA (kernel = "triton"). A compiled forward on maps like these
+    #: calls that kernel as a custom op inside its graph (``received_op`` of
+    #: :mod:`tosa_bench.kernels.selector_cpu` / :mod:`tosa_bench.kernels.selector_triton`);
+    #: on other maps, or before any eager call, the compiler fuses the PyTorch ops
+    compiled_kernel: tuple[int, int, torch.dtype, int | str] | None = None
+
+    @property
+    def compiled_path(self) -> str | None:
+        """What a compiled forward runs, for a record (None: the compiler's own fusion)."""
+        if self.compiled_kernel is None:
+            return None
+        kind = self.compiled_kernel[3]
+        name = "triton kernel" if kind == "triton" else f"fused CPU kernel ({kind}-byte vectors)"
+        return f"{name}, a custom op in the compiled graph"
 
     def __init__(self, num_heads: int, hidden: int | None = None, kernel: int = 3) -> None:
         super().__init__()
@@ -249,8 +265,14 @@ class TokenSelector(Chunked, nn.Module):
         the fused CPU kernel; the default: on a CPU what was calibrated on this machine, on
         CUDA the Triton kernel where it takes the maps)."""
         B, _, R, N = logits.shape
-        if torch.compiler.is_compiling():  # inductor fuses these ops itself; a kernel call would break the graph
-            budget_bytes = None
+        if torch.compiler.is_compiling():
+            fused = self.compiled_kernel
+            if fused is not None and not keep_logits and fused[:3] == (R, N, logits.dtype) and not torch.is_grad_enabled():
+                weights = (self.conv1.weight, self.conv1.bias, self.conv2.weight, self.conv2.bias)
+                if fused[3] == "triton":
+                    return selector_triton.received_op(logits, *weights), None
+                return selector_cpu.received_op(logits, *weights, fused[3]), None
+            budget_bytes = None  # the compiler fuses the PyTorch ops itself
         if budget_bytes == CALIBRATED and logits.device.type == "cuda":
             why = "the predicted logits are kept" if keep_logits else selector_triton.unavailable_reason(logits)
             if why is None:
@@ -260,6 +282,7 @@ class TokenSelector(Chunked, nn.Module):
                     why = str(e)
                 else:
                     self.last_path = "triton kernel"
+                    self.compiled_kernel = (R, N, logits.dtype, "triton")
                     return out, None
             self.last_path = f"PyTorch ops ({why})"
         if budget_bytes == CALIBRATED:
@@ -267,6 +290,7 @@ class TokenSelector(Chunked, nn.Module):
         if budget_bytes == FUSED:
             width = self.kernel_vector_bytes(logits)
             self.last_path = f"fused CPU kernel ({width}-byte vectors)"
+            self.compiled_kernel = (R, N, logits.dtype, width)
             return selector_cpu.received(logits, self.conv1, self.conv2, keep_logits, width)
         if logits.device.type == "cpu":
             self.last_path = "PyTorch ops in one piece" if not budget_bytes else "PyTorch ops in chunks"

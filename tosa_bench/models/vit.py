@@ -156,7 +156,9 @@ class Attention(Chunked, nn.Module):
         with torch.no_grad():
             found = self.chunk_budget(dev, key, runner, tuple(biased_attention.BACKENDS.index(b) for b in names), whole=False,
                                       devices=("cpu", "cuda"))
-        return biased_attention.DEFAULT if found is None else biased_attention.BACKENDS[found.bytes]
+        if found is None or not 0 <= found.bytes < len(biased_attention.BACKENDS) or biased_attention.BACKENDS[found.bytes] not in names:
+            return biased_attention.DEFAULT  # nothing timed here (or a value this device does not offer)
+        return biased_attention.BACKENDS[found.bytes]
 
     def cpu_budget(self, q: Tensor, n: int) -> int | None:
         """The calibrated chunk budget of :meth:`_explicit` for ``n`` tokens (None off the CPU)."""
