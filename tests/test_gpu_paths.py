@@ -142,6 +142,33 @@ def test_triton_selector_against_float64_and_the_pytorch_ops(dtype, tol, rows, k
 
 
 @needs_cuda
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 3e-3), (torch.bfloat16, 3e-2)])
+@pytest.mark.parametrize("form", ["packed", "stacked"])
+def test_both_triton_forms_against_float64(form, dtype, tol):
+    """(Written after the last GPU session: not yet run on a GPU.) Each formulation of the
+    Triton selector (v1 "packed", v2 "stacked", tosa_bench/kernels/selector_triton.py) on
+    DeiT-S maps, 2 images x 6 heads x 197 rows x 197 keys, hidden 12, kernel 3, against the
+    float64 reference; bf16 is checked only here, since Triton's interpreter computes a bf16
+    ``tl.dot`` wrongly on the CPU."""
+    from tosa_bench.kernels import reference, selector_triton
+
+    assert form in selector_triton.FORMS
+    torch.manual_seed(0)
+    sel = TokenSelector(6, 12, 3).cuda()
+    with torch.no_grad():
+        for p in sel.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    maps = (3 * torch.randn(2, 6, 197, 197, device="cuda")).to(dtype)
+    assert selector_triton.usable(maps), selector_triton.unavailable_reason(maps)
+    with torch.no_grad():
+        got = selector_triton.received(maps, sel.conv1, sel.conv2, form=form)
+    ref = reference.selector_received(maps.cpu(), *(t.detach().cpu() for t in (sel.conv1.weight, sel.conv1.bias, sel.conv2.weight, sel.conv2.bias)))
+    assert got.shape == (2, 197) and got.dtype == torch.float32
+    err = ((got.double().cpu() - ref).abs().max() / ref.abs().max()).item()
+    assert err <= tol, (form, err)
+
+
+@needs_cuda
 def test_float32_maps_take_the_pytorch_ops():
     sel = TokenSelector(6).cuda()
     with torch.no_grad():

@@ -6,7 +6,10 @@ imported; each case is compared with the float64 reference of tosa_bench.kernels
 written independently of both the kernel and the PyTorch path (``conv1d`` over rows, softmax, sums). The shapes cover
 two programs per image with a partial last one, the "cls" rule's single row, a hidden
 width and key count that are not powers of two, kernels 1 and 5, and maps that are a
-strided view, with 1 to 5 query rows packed per tile. float16 only: float32 maps go to
+strided view, with 1 to 5 query rows packed per tile. Every case runs through both
+formulations (:data:`selector_triton.FORMS`: v1 "packed", v2 "stacked"), each compared with
+the reference on its own; the stacked form packs 5 rows in the kernel-1 case, 2 in the one
+1-head case (the only kernel-3 case where its tiling packs rows) and 1 elsewhere. float16 only: float32 maps go to
 the PyTorch ops, and bf16 is checked on a GPU only (tests/test_gpu_paths.py): the interpreter
 computes a bf16 ``tl.dot`` wrongly (a 16 x 16 product off by ~1e10 with Triton 3.8).
 """
@@ -44,11 +47,12 @@ for case in json.loads(sys.argv[1]):
     maps = 3 * torch.randn(B, R, H, N)
     maps = maps.permute(0, 2, 1, 3) if case["strided"] else maps.permute(0, 2, 1, 3).contiguous()
     maps = maps.half()
-    with torch.no_grad():
-        got = selector_triton.received(maps, sel.conv1, sel.conv2)
     ref = reference.selector_received(maps, *(p.detach() for p in (sel.conv1.weight, sel.conv1.bias, sel.conv2.weight, sel.conv2.bias)))
-    out.append({"shape": list(got.shape), "dtype": str(got.dtype),
-                "error": ((got.double() - ref).abs().max() / ref.abs().max()).item()})
+    for form in selector_triton.FORMS:
+        with torch.no_grad():
+            got = selector_triton.received(maps, sel.conv1, sel.conv2, form=form)
+        out.append({"form": form, "shape": list(got.shape), "dtype": str(got.dtype),
+                    "error": ((got.double() - ref).abs().max() / ref.abs().max()).item()})
 print(json.dumps(out))
 """
 
@@ -65,6 +69,8 @@ CASES = [
     {"B": 2, "H": 5, "C": 10, "K": 3, "R": 4, "N": 33, "seed": 4, "strided": True},
     # DeiT-B's 12 heads: one row per tile, hidden 24 (padded to 32)
     {"B": 1, "H": 12, "C": 24, "K": 3, "R": 3, "N": 20, "seed": 5, "strided": False},
+    # one head: the stacked form packs 2 rows of 5 shifts into 16 lanes with kernel 3; 5 rows leave the last tile half empty
+    {"B": 1, "H": 1, "C": 2, "K": 3, "R": 5, "N": 19, "seed": 6, "strided": False},
 ]
 #: fp16 operands and hidden activations against float64: the rounding of a few fp16 steps
 TOLERANCE = 3e-3
@@ -79,11 +85,26 @@ def interpreted() -> list[dict]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.parametrize("form", selector_triton.FORMS)
 @pytest.mark.parametrize("i", range(len(CASES)), ids=[f"H{c['H']}C{c['C']}K{c['K']}R{c['R']}N{c['N']}" for c in CASES])
-def test_kernel_matches_a_float64_reference(interpreted, i) -> None:
-    case, got = CASES[i], interpreted[i]
+def test_kernel_matches_a_float64_reference(interpreted, i, form) -> None:
+    case, got = CASES[i], interpreted[len(selector_triton.FORMS) * i + selector_triton.FORMS.index(form)]
+    assert got["form"] == form
     assert got["shape"] == [case["B"], case["N"]] and got["dtype"] == "torch.float32"
     assert got["error"] <= TOLERANCE, got
+
+
+def test_the_forms_are_the_packed_default_and_the_stacked() -> None:
+    import inspect
+
+    assert selector_triton.FORMS == ("packed", "stacked")
+    assert inspect.signature(selector_triton.received).parameters["form"].default == "packed"
+
+
+def test_an_unknown_form_is_refused_by_name() -> None:
+    sel = TokenSelector(6)
+    with pytest.raises(ValueError, match=r"unknown selector kernel form 'tiled': expected one of 'packed', 'stacked'"):
+        selector_triton.received(torch.randn(1, 6, 1, 9).half(), sel.conv1, sel.conv2, form="tiled")
 
 
 def test_reasons_it_will_not_run(monkeypatch) -> None:
@@ -142,7 +163,70 @@ def test_tiling(heads, hidden, rows, keys, expected) -> None:
     assert t.packed * t.iters * t.programs >= rows > t.packed * t.iters * (t.programs - 1)  # every row, no spare program
 
 
-def test_a_kernel_that_does_not_fit_fails_once_with_its_reason(monkeypatch) -> None:
+@pytest.mark.parametrize("heads,hidden,kernel,rows,keys,expected", [
+    # DeiT-S: one row per tile (5 shifts x 6 heads = 30 -> 32 input lanes, 3 x 12 = 36 -> 64 hidden),
+    # 16 rows per program, 8 warps for the 64 x 256 float32 hidden tile
+    (6, 12, 3, 197, 197, (16, 1, 32, 64, 256, 16, 13, 8)),
+    # the "cls" rule: one pass of one program
+    (6, 12, 3, 1, 197, (16, 1, 32, 64, 256, 1, 1, 8)),
+    # DeiT-B: 60 -> 64 input lanes, 72 -> 128 hidden; 128 x 256 takes 16 warps
+    (12, 24, 3, 197, 197, (16, 1, 64, 128, 256, 16, 13, 16)),
+    # DeiT-S at 257 keys: 64 x 512 also takes 16 warps
+    (6, 12, 3, 40, 257, (16, 1, 32, 64, 512, 16, 3, 16)),
+    # kernel 1, 3 heads: five rows fill 15 of 16 input lanes and 30 of 32 hidden, fewest multiply-adds per row
+    (3, 6, 1, 17, 16, (16, 5, 16, 32, 16, 3, 2, 4)),
+    # kernel 3, 3 heads: one row (15 -> 16, 18 -> 32); two would pad to 32 x 64, more per row
+    (3, 6, 3, 17, 16, (16, 1, 16, 32, 16, 16, 2, 4)),
+    # kernel 5, 4 heads: one row (36 -> 64, 50 -> 64); small tiles stay at 4 warps
+    (4, 10, 5, 7, 17, (16, 1, 64, 64, 32, 7, 1, 4)),
+    # one head: 2 rows (10 -> 16 input, 12 -> 16 hidden) cost what one does, so 2 per tile
+    (1, 2, 3, 5, 19, (16, 2, 16, 16, 32, 3, 1, 4)),
+])
+def test_stacked_tiling(heads, hidden, kernel, rows, keys, expected) -> None:
+    t = selector_triton.stacked_tiling(heads, hidden, kernel, rows, keys)
+    assert tuple(t) == expected
+    assert t.stacked >= (2 * kernel - 1) * t.packed * heads and t.hidden >= kernel * t.packed * hidden and t.lanes >= t.packed * heads
+    assert t.packed * t.iters * t.programs >= rows > t.packed * t.iters * (t.programs - 1)
+
+
+def test_stacked_tiling_packs_no_second_row_past_the_hidden_budget(monkeypatch) -> None:
+    # kernel 1, 3 heads packs 5 rows (hidden 32 x 16 keys); with room for 16 x 16 it packs the rows that fit
+    monkeypatch.setattr(selector_triton, "STACKED_HIDDEN_BUDGET", 16 * 16)
+    assert selector_triton.stacked_tiling(3, 6, 1, 17, 16).packed == 2
+    monkeypatch.setattr(selector_triton, "STACKED_HIDDEN_BUDGET", 1)
+    assert selector_triton.stacked_tiling(3, 6, 1, 17, 16).packed == 1  # one row always
+
+
+def test_stacked_weights_place_each_tap() -> None:
+    """The block-structured weights read as the convolutions they stand for: hidden row
+    (s, q, c) takes conv1's tap t from input row (s + t, q, head), and output lane (q, head)
+    takes conv2's tap s from hidden row (s, q, c); every other entry, and the padding, is zero."""
+    torch.manual_seed(0)
+    H, C, K = 1, 2, 3
+    sel = TokenSelector(H, C, K)
+    with torch.no_grad():
+        for prm in sel.parameters():
+            prm.copy_(torch.randn_like(prm))
+    t = selector_triton.stacked_tiling(H, C, K, 5, 19)
+    assert t.packed == 2
+    w1, b1, w2, b2 = selector_triton._stacked_weights(sel.conv1, sel.conv2, t, torch.float32)
+    assert w1.shape == (t.hidden, t.stacked) and w2.shape == (t.lanes, t.hidden)
+    want1, want2 = torch.zeros_like(w1), torch.zeros_like(w2)
+    L, CH = t.packed * H, t.packed * C
+    for q in range(t.packed):
+        for c in range(C):
+            for h in range(H):
+                for s in range(K):
+                    want2[q * H + h, s * CH + q * C + c] = sel.conv2.weight[h, c, s]
+                    for tap in range(K):
+                        want1[s * CH + q * C + c, (s + tap) * L + q * H + h] = sel.conv1.weight[c, h, tap]
+    assert torch.equal(w1, want1) and torch.equal(w2, want2)
+    assert torch.equal(b1[: K * CH], sel.conv1.bias.detach().repeat(K * t.packed)) and not b1[K * CH :].any()
+    assert torch.equal(b2[:L], sel.conv2.bias.detach().repeat(t.packed)) and not b2[L:].any()
+
+
+@pytest.mark.parametrize("form", selector_triton.FORMS)
+def test_a_kernel_that_does_not_fit_fails_once_with_its_reason(monkeypatch, form) -> None:
     """On a GPU with less shared memory than the kernel needs, Triton raises at launch: the
     selector must then run the PyTorch ops with the reason recorded, and not try again."""
     triton = pytest.importorskip("triton", reason="triton is not installed")
@@ -157,23 +241,34 @@ def test_a_kernel_that_does_not_fit_fails_once_with_its_reason(monkeypatch) -> N
                 raise OutOfResources(251904, 232448, "shared memory")
             return launch
 
-    monkeypatch.setattr(selector_triton, "_triton", lambda: ((triton, TooBig()), None))
+    class Fits:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                launches.append(("other form", grid))
+            return launch
+
+    other = next(f for f in selector_triton.FORMS if f != form)
+    monkeypatch.setattr(selector_triton, "_triton", lambda: ((triton, {form: TooBig(), other: Fits()}), None))
     monkeypatch.setattr(selector_triton, "_failed", {})
     sel = TokenSelector(6)
     maps = torch.randn(2, 6, 5, 9).half()
     reason = "the kernel could not run here: OutOfResources: out of resource: shared memory, Required: 251904, Hardware limit: 232448."
     for _ in range(2):
         with pytest.raises(selector_triton.KernelFailed) as failed:
-            selector_triton.received(maps, sel.conv1, sel.conv2)
+            selector_triton.received(maps, sel.conv1, sel.conv2, form=form)
         assert str(failed.value).startswith(reason)
     assert launches == [(2, 1)]  # the second call did not launch again
     # another layout is tried on its own
     with pytest.raises(selector_triton.KernelFailed):
-        selector_triton.received(torch.randn(2, 6, 5, 40).half(), sel.conv1, sel.conv2)
+        selector_triton.received(torch.randn(2, 6, 5, 40).half(), sel.conv1, sel.conv2, form=form)
     assert len(launches) == 2
+    # and the other form's failure record is its own: the same maps launch it
+    selector_triton.received(maps, sel.conv1, sel.conv2, form=other)
+    assert launches[-1] == ("other form", (2, 1))
 
 
-def test_any_other_launch_error_propagates(monkeypatch) -> None:
+@pytest.mark.parametrize("form", selector_triton.FORMS)
+def test_any_other_launch_error_propagates(monkeypatch, form) -> None:
     triton = pytest.importorskip("triton", reason="triton is not installed")
 
     class Broken:
@@ -182,8 +277,9 @@ def test_any_other_launch_error_propagates(monkeypatch) -> None:
                 raise ValueError("a bug in the launch arguments")
             return launch
 
-    monkeypatch.setattr(selector_triton, "_triton", lambda: ((triton, Broken()), None))
+    monkeypatch.setattr(selector_triton, "_triton", lambda: ((triton, {f: Broken() for f in selector_triton.FORMS}), None))
     monkeypatch.setattr(selector_triton, "_failed", {})
     sel = TokenSelector(6)
     with pytest.raises(ValueError, match="a bug"):
-        selector_triton.received(torch.randn(1, 6, 1, 9).half(), sel.conv1, sel.conv2)
+        selector_triton.received(torch.randn(1, 6, 1, 9).half(), sel.conv1, sel.conv2, form=form)
+    assert not selector_triton._failed  # a bug is not remembered as a layout that does not fit
