@@ -283,3 +283,37 @@ def test_any_other_launch_error_propagates(monkeypatch, form) -> None:
     with pytest.raises(ValueError, match="a bug"):
         selector_triton.received(torch.randn(1, 6, 1, 9).half(), sel.conv1, sel.conv2, form=form)
     assert not selector_triton._failed  # a bug is not remembered as a layout that does not fit
+
+
+@pytest.mark.parametrize("slow,expect", [("packed", "stacked"), ("stacked", "packed"), ("fails", "packed")])
+def test_the_form_is_timed_per_shape_and_a_failing_form_is_left_out(monkeypatch, tmp_path, slow, expect) -> None:
+    """TokenSelector.triton_form times each form on maps of the call's shape (here on the
+    CPU with the kernel faked: the real one needs CUDA or the interpreter) and keeps the
+    fastest; a form whose launch fails is not a candidate; the choice is keyed by batch."""
+    import time
+
+    from tosa_bench.models import chunks
+
+    calls = []
+
+    def fake(maps, conv1, conv2, form="packed"):
+        calls.append((tuple(maps.shape), form))
+        if slow == "fails" and form == "stacked":
+            raise selector_triton.KernelFailed("the kernel could not run here: OutOfResources")
+        if form == slow:
+            time.sleep(0.003)
+        return torch.zeros(maps.shape[0], maps.shape[-1])
+
+    monkeypatch.setattr(selector_triton, "received", fake)
+    monkeypatch.setenv(chunks.CACHE_ENV, str(tmp_path))  # a calibration of its own per case
+    chunks.forget_budgets()
+    sel = TokenSelector(2, 4, 3)
+    maps = torch.randn(3, 2, 5, 7).half()
+    assert sel.triton_form(maps, devices=("cpu",)) == expect
+    (text, budget), = ((t, b) for t, b in sel.chunk_budgets.items() if t.startswith("selector-triton "))
+    assert "batch 3 heads 2 hidden 4 kernel 3 rows 5 keys 7 | packed, stacked float16" in text and budget.source == "calibrated"
+    assert {c[0] for c in calls} == {(3, 2, 5, 7)} and {c[1] for c in calls} == {"packed", "stacked"}
+    assert sel.triton_form(maps) == "packed"  # off CUDA nothing is timed
+    sel.compiled_kernel = (5, 7, torch.float16, expect)
+    assert sel.compiled_path == f"triton kernel ({expect}), a custom op in the compiled graph"
+    chunks.forget_budgets()

@@ -421,16 +421,17 @@ def _received_stacked(kernel, logits: Tensor, conv1: torch.nn.Conv1d, conv2: tor
 
 
 @torch.library.custom_op("tosa_bench::selector_received_triton", mutates_args=())
-def received_op(logits: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> Tensor:
+def received_op(logits: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, form: str) -> Tensor:
     """:func:`received` as a ``torch.library`` operator taking the convolutions' tensors,
     so a compiled model (``--compile``, CUDA graphs with ``reduce-overhead``) calls the
     kernel inside its graph instead of breaking it there or leaving the selector to the
-    compiler's fusion. Used only on maps an eager call ran the kernel on. (B, N) float32."""
+    compiler's fusion. Used only on maps an eager call ran the kernel on, in the ``form``
+    it ran. (B, N) float32."""
     from types import SimpleNamespace
 
-    return received(logits, SimpleNamespace(weight=w1, bias=b1), SimpleNamespace(weight=w2, bias=b2))
+    return received(logits, SimpleNamespace(weight=w1, bias=b1), SimpleNamespace(weight=w2, bias=b2), form)
 
 
 @received_op.register_fake
-def _received_shape(logits: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> Tensor:
+def _received_shape(logits: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, form: str) -> Tensor:
     return logits.new_empty(logits.shape[0], logits.shape[-1], dtype=torch.float32)

@@ -42,7 +42,7 @@ Record units and conventions (every record says them in ``conventions``):
   the model ran, calibrated on this machine, and where it came from
   (:mod:`tosa_bench.models.chunks`); {} off the CPU.
 - ``kernel_paths``: how the model's modules ran in the check's forward, where they can
-  run more than one way (ToSA's selectors: "triton kernel" on CUDA, "fused CPU kernel",
+  run more than one way (ToSA's selectors: "triton kernel (packed)" or "(stacked)" on CUDA, "fused CPU kernel",
   "PyTorch ops ..." with the reason on CUDA; ToMe's biased attention: the backend timed
   fastest, "biased attention: sdpa (...)"); [] for dense, EViT and the random control.
 """

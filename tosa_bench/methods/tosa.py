@@ -67,7 +67,8 @@ from tosa_bench.methods.base import (
 )
 from tosa_bench.methods.registry import GridEntry, Knobs, Method, OptionSpec, register
 from tosa_bench.kernels import selector_cpu, selector_triton
-from tosa_bench.models.chunks import CALIBRATED, CALIBRATION_IMAGES, CANDIDATE_BYTES, FUSED, Chunked, ChunkKey, items_per_chunk
+from tosa_bench.models.chunks import (CALIBRATED, CALIBRATION_IMAGES, CANDIDATE_BYTES, FUSED, CandidateUnavailable, Chunked, ChunkKey,
+                                      items_per_chunk)
 
 PLACEMENT_SCHEMES = {
     "alternate": "every other block from block 1: 1, 3, 5, ... (default)",
@@ -136,13 +137,13 @@ class TokenSelector(Chunked, nn.Module):
     convolutions in one piece.
     """
 
-    #: how the last :meth:`received` ran ("triton kernel", "fused CPU kernel (64-byte
+    #: how the last :meth:`received` ran ("triton kernel (packed)", "fused CPU kernel (64-byte
     #: vectors)", "PyTorch ops ..." with the reason on CUDA); records list these
     #: (``kernel_paths``). Under ``torch.compile`` the ops are left to the compiler.
     last_path: str | None = None
     #: (rows, keys, dtype, kernel) of the maps the last eager call ran a kernel on: the
     #: fused CPU kernel where it was timed faster (kernel = its vector bytes), or the
-    #: Triton kernel on CUDA (kernel = "triton"). A compiled forward on maps like these
+    #: Triton kernel on CUDA (kernel = its form, "packed" or "stacked"). A compiled forward on maps like these
     #: calls that kernel as a custom op inside its graph (``received_op`` of
     #: :mod:`tosa_bench.kernels.selector_cpu` / :mod:`tosa_bench.kernels.selector_triton`);
     #: on other maps, or before any eager call, the compiler fuses the PyTorch ops
@@ -154,7 +155,7 @@ class TokenSelector(Chunked, nn.Module):
         if self.compiled_kernel is None:
             return None
         kind = self.compiled_kernel[3]
-        name = "triton kernel" if kind == "triton" else f"fused CPU kernel ({kind}-byte vectors)"
+        name = f"triton kernel ({kind})" if isinstance(kind, str) else f"fused CPU kernel ({kind}-byte vectors)"
         return f"{name}, a custom op in the compiled graph"
 
     def __init__(self, num_heads: int, hidden: int | None = None, kernel: int = 3) -> None:
@@ -257,6 +258,38 @@ class TokenSelector(Chunked, nn.Module):
             found = self.chunk_budget(logits.device, key, runner, widths, whole=False)
         return widths[0] if found is None else found.bytes
 
+    def triton_form(self, logits: Tensor, devices: tuple[str, ...] = ("cuda",)) -> str:
+        """The Triton kernel's form (:data:`selector_triton.FORMS`) for maps like ``logits``:
+        each form timed once per card, batch and shape (:mod:`tosa_bench.models.chunks`, op
+        "selector-triton"), the fastest kept; a form that cannot run there is left out.
+        The first form ("packed") where nothing is timed (off CUDA, compiled) or neither
+        form runs (the caller then meets the kernel's failure and takes the PyTorch ops).
+        ``devices``: where to time (tests add "cpu" to time under Triton's interpreter)."""
+        forms = selector_triton.FORMS
+        B, H, R, N = logits.shape
+        dev, dtype = logits.device, logits.dtype
+
+        def key() -> ChunkKey:
+            shape = f"batch {B} heads {H} hidden {self.hidden} kernel {self.kernel} rows {R} keys {N} | {', '.join(forms)}"
+            return ChunkKey("selector-triton", shape, str(dtype).removeprefix("torch."), str(dev) if dev.type == "cuda" else "cpu")
+
+        def runner():
+            maps = torch.randn(B, H, R, N, generator=torch.Generator(device=dev).manual_seed(0), device=dev).to(dtype)
+
+            def run(i: int) -> None:
+                try:
+                    selector_triton.received(maps, self.conv1, self.conv2, forms[i])
+                except selector_triton.KernelFailed as e:
+                    raise CandidateUnavailable(str(e)) from e
+            return run
+
+        try:
+            with torch.no_grad():
+                found = self.chunk_budget(dev, key, runner, tuple(range(len(forms))), whole=False, devices=devices)
+        except RuntimeError:  # no form could run: the caller's own call fails the same way and says why
+            return forms[0]
+        return forms[found.bytes] if found is not None and 0 <= found.bytes < len(forms) else forms[0]
+
     def received(self, logits: Tensor, keep_logits: bool = False, budget_bytes: int | None = CALIBRATED) -> tuple[Tensor, Tensor | None]:
         """Predicted attention each key receives, summed over heads and the R query rows:
         (B, N). With ``keep_logits`` also the predicted logits (B, H, R, N) (what
@@ -269,20 +302,21 @@ class TokenSelector(Chunked, nn.Module):
             fused = self.compiled_kernel
             if fused is not None and not keep_logits and fused[:3] == (R, N, logits.dtype) and not torch.is_grad_enabled():
                 weights = (self.conv1.weight, self.conv1.bias, self.conv2.weight, self.conv2.bias)
-                if fused[3] == "triton":
-                    return selector_triton.received_op(logits, *weights), None
+                if fused[3] in selector_triton.FORMS:
+                    return selector_triton.received_op(logits, *weights, fused[3]), None
                 return selector_cpu.received_op(logits, *weights, fused[3]), None
             budget_bytes = None  # the compiler fuses the PyTorch ops itself
         if budget_bytes == CALIBRATED and logits.device.type == "cuda":
             why = "the predicted logits are kept" if keep_logits else selector_triton.unavailable_reason(logits)
             if why is None:
+                form = self.triton_form(logits)
                 try:
-                    out = selector_triton.received(logits, self.conv1, self.conv2)
+                    out = selector_triton.received(logits, self.conv1, self.conv2, form)
                 except selector_triton.KernelFailed as e:  # e.g. too little shared memory on this GPU
                     why = str(e)
                 else:
-                    self.last_path = "triton kernel"
-                    self.compiled_kernel = (R, N, logits.dtype, "triton")
+                    self.last_path = f"triton kernel ({form})"
+                    self.compiled_kernel = (R, N, logits.dtype, form)
                     return out, None
             self.last_path = f"PyTorch ops ({why})"
         if budget_bytes == CALIBRATED:

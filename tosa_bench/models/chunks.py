@@ -21,7 +21,8 @@ once per machine at a few working-set budgets and the fastest is kept.
   option: ``whole=False``). A choice between named forms of an op is calibrated the same
   way, its value the form's index: the backend of attention with a per-key bias
   (op "biased-attention", :mod:`tosa_bench.kernels.biased_attention`), timed on CUDA too,
-  where the key names the card.
+  where the key names the card, and the form of ToSA's Triton selector (op
+  "selector-triton", CUDA only).
 * **How:** :func:`calibrate` runs the op on :data:`CALIBRATION_IMAGES` random images at
   each budget of :data:`CANDIDATE_BYTES` and in one piece, in rotated order for
   :data:`CALIBRATION_ROUNDS` rounds, and keeps the budget with the lowest median time
@@ -220,6 +221,10 @@ def describe_budget(nbytes: int, op: str = "selector") -> str:
     '2048 KiB chunks'; for the selector kernel's own choice, '64-byte vectors'."""
     if op == "selector-kernel":
         return f"{nbytes}-byte vectors"
+    if op == "selector-triton":
+        from tosa_bench.kernels.selector_triton import FORMS
+
+        return f"{FORMS[nbytes]} form" if 0 <= nbytes < len(FORMS) else f"form {nbytes}"
     if op == "biased-attention":
         from tosa_bench.kernels.biased_attention import BACKENDS
 
