@@ -712,3 +712,32 @@ def test_cls_rule_runs_on_the_cls_row_only_and_matches_the_full_map(dense, image
     received = logits[:, :, 0].softmax(-1).sum(1)[:, 1:]
     expect = received.topk(kept_count(0.25, N - 1), dim=1).indices.sort(dim=1).values + 1
     assert torch.equal(m.reducer.last_selection[4].index[:, 1:], expect)
+
+
+def test_tosa_writes_bypassed_tokens_in_place_only_where_it_owns_x(dense, images):
+    """Without a gradient ToSA writes a block's tokens back into x itself (no full copy of
+    the token tensor per block), and gets bit-for-bit what the copying path gets; with a
+    gradient, or where x is a collected intermediate, it copies."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Scatters(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.__name__.startswith("scatter"):
+                self.ops.append(func.__name__.split(".")[0])
+            return func(*args, **(kwargs or {}))
+
+    m = same_weights("tosa", dense, keep=0.5)  # blocks 1, 3, ..., 11 choose
+    with torch.no_grad(), Scatters() as seen:
+        fast = m(images)
+    assert seen.ops == ["scatter_"] * 6
+    with Scatters() as seen:
+        copied = m(images)
+    assert seen.ops == ["scatter"] * 6 and torch.equal(fast, copied.detach())
+    with torch.no_grad(), Scatters() as seen:
+        out = m.forward_tokens(images, collect=[2, 6])
+    assert seen.ops == ["scatter_", "scatter", "scatter_", "scatter", "scatter_", "scatter_"]  # blocks 3 and 7 follow a collected x
+    assert torch.equal(m.norm(out.tokens)[:, 0] @ m.head.weight.T + m.head.bias, fast)

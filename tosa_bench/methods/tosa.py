@@ -427,17 +427,21 @@ class ToSAReducer(TokenReducer):
         counts, inter, maps = [], {}, None
         self.predictions, self.last_selection = {}, {}
         self.prepare(x, active)
+        # The bypassed tokens are written back into x itself when nothing else holds x
+        # (the caller's input, a collected intermediate) and no gradient flows through it.
+        owned, no_grad = False, not torch.is_grad_enabled()
         for i, blk in enumerate(blocks):
             if i in active:
                 idx, maps = self.choose(i, x, maps, k, keep_logits=i + 1 in active)
                 self.last_selection[i] = BlockSelection("ran", idx)
-                x = scatter_tokens(x, idx, blk(gather_tokens(x, idx)))
+                x = scatter_tokens(x, idx, blk(gather_tokens(x, idx)), in_place=owned and no_grad)
                 counts.append(BlockTokens(k + 1, k + 1, n, rows) if self.uses_maps else BlockTokens(k + 1, k + 1))
             else:
                 h, att = blk.attention(x, need_logits=logits_kind if i in map_blocks else False)
                 x = blk.feedforward(h)
                 maps = att.logits
                 counts.append(BlockTokens(n, n))
+            owned = i not in collect
             if i in collect:
                 inter[i] = x
         self.token_counts = counts
