@@ -140,10 +140,24 @@ def test_controls_at_keep_one_compile_to_dense_graph() -> None:
         assert (info.graphs, info.graph_breaks) == (1, 0), variant
 
 
+def test_reduce_overhead_says_how_many_graphs_were_captured() -> None:
+    """CUDA graphs are counted from inductor's own skips: on a CPU there is nothing to
+    capture, and the record says so instead of implying they ran."""
+    from tosa_bench.measure.compiled import CompileInfo
+
+    assert CompileInfo("reduce-overhead", 1.0, 2, 3, 0, 1).cuda_graphs == "2 of 3 graphs captured"
+    assert CompileInfo("default", 1.0, 2, 3, 0, 3).cuda_graphs is None
+    model = build_model(MODEL, "dense").eval()
+    fresh_compile()
+    _, info = compile_and_warm(model, "reduce-overhead", lambda run: run(_images()))
+    assert info.graphs == 1 and info.cuda_graphs == "0 of 1 graphs captured"
+
+
 def test_an_eager_record_has_empty_compile_fields() -> None:
     record = measure_point(Point(MODEL, "tosa", OPTIONS["tosa"], batch_size=2), QUICK)
     assert record["compile"] is False
-    assert all(record[k] is None for k in ("compile_s", "compile_s_dense", "compile_graphs", "compile_graph_breaks"))
+    assert all(record[k] is None for k in ("compile_s", "compile_s_dense", "compile_graphs", "compile_graph_breaks", "compile_cuda_graphs",
+                                           "compile_cuda_graphs_dense"))
     assert record["kernel_paths"] and COMPILED_PATH not in record["kernel_paths"]
 
 
@@ -303,3 +317,10 @@ def test_compiled_points_on_a_gpu(mode: str) -> None:
         record = measure_point(Point(MODEL, variant, _options(variant), batch_size=8, dtype="fp16", device="cuda", compile=mode), QUICK)
         assert record["compile"] == mode and record["compile_s"] > 0, variant
         assert registry.is_dense(variant) or record["speedup_paired"] > 0
+        if mode == "reduce-overhead":  # every graph of the variant and its twin replays as a CUDA graph
+            g = record["compile_graphs"]
+            assert record["compile_cuda_graphs"] == f"{g} of {g} graphs captured", (variant, record["compile_cuda_graphs"])
+            captured, _, total = (record["compile_cuda_graphs_dense"] or "0 of 0 graphs").partition(" of ")
+            assert registry.is_dense(variant) or captured == total.split()[0] != "0", record["compile_cuda_graphs_dense"]
+        else:
+            assert record["compile_cuda_graphs"] is None

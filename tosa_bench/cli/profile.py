@@ -140,7 +140,8 @@ def _print_tables(r: dict, env: dict) -> None:
     if r.get("compile") and r.get("compile_s") is not None:
         twin = f" (dense twin {r['compile_s_dense']:.1f} s)" if r.get("compile_s_dense") is not None else ""
         s.add_row("compiled", f"torch.compile mode {r['compile']}: {r['compile_s']:.1f} s to compile and warm{twin}, never timed; "
-                              f"{r['compile_graphs']} graph(s), {r['compile_graph_breaks']} graph break(s)")
+                              f"{r['compile_graphs']} graph(s), {r['compile_graph_breaks']} graph break(s)"
+                              + (f"; CUDA graphs: {r['compile_cuda_graphs']}" if r.get("compile_cuda_graphs") else ""))
         if r.get("time_share_reason"):
             s.add_row("time share", r["time_share_reason"])
     if r.get("energy_j_per_img") is not None:

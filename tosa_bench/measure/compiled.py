@@ -19,9 +19,11 @@ way) through ``torch.compile(model, mode=...)``. What this module guarantees:
 What the record states (:func:`CompileInfo.fields`): the mode, ``compile_s`` of the
 variant and of its dense twin (seconds, wall clock), the graphs dynamo made and the graph
 breaks it hit while compiling (a break splits the forward into separately compiled
-pieces with eager Python between them). On a CPU, ``reduce-overhead`` (CUDA graphs) has
-nothing to capture, and inductor runs it as ``default``; the record still names the mode
-asked for.
+pieces with eager Python between them), and under ``reduce-overhead`` how many of those
+graphs replay as CUDA graphs, for the variant and its twin (``compile_cuda_graphs``:
+"6 of 6 graphs captured"; inductor's own count of graphs it left uncaptured). On a CPU
+``reduce-overhead`` has nothing to capture ("0 of 1 graphs captured") and runs as
+``default``; the record still names the mode asked for.
 """
 
 from __future__ import annotations
@@ -58,6 +60,18 @@ class CompileInfo:
     calls: int
     graphs: int
     graph_breaks: int
+    #: graphs inductor compiled without CUDA graphs although the mode asked for them
+    #: (``reduce-overhead``): on a CPU every graph; on CUDA one with, e.g., a CPU tensor
+    #: or an op that cannot be captured
+    cuda_graph_skips: int = 0
+
+    @property
+    def cuda_graphs(self) -> str | None:
+        """What a record says of CUDA graphs: None where the mode does not use them, else
+        how many of the compiled graphs replay as CUDA graphs ("6 of 6 graphs captured")."""
+        if self.mode != "reduce-overhead":
+            return None
+        return f"{max(0, self.graphs - self.cuda_graph_skips)} of {self.graphs} graphs captured"
 
 
 def _dynamo_counts() -> tuple[int, int]:
@@ -65,6 +79,14 @@ def _dynamo_counts() -> tuple[int, int]:
     from torch._dynamo.utils import counters
 
     return int(counters["stats"]["unique_graphs"]), int(sum(counters["graph_break"].values()))
+
+
+def _cuda_graph_skips() -> int:
+    """Graphs inductor compiled so far without the CUDA graphs their mode asked for (its
+    ``cudagraph_skips`` counter)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["inductor"]["cudagraph_skips"])
 
 
 def fresh_compile() -> None:
@@ -95,11 +117,13 @@ def compile_and_warm_together(models: Sequence[torch.nn.Module], mode: str, call
     spent = [0.0] * len(models)
     graphs = [0] * len(models)
     breaks = [0] * len(models)
+    skips = [0] * len(models)
     rounds = 0
     while rounds < MAX_WARM_CALLS:
         new_in_round = 0
         for i, runner in enumerate(runners):
             g0, b0 = _dynamo_counts()
+            s0 = _cuda_graph_skips()
             t0 = time.perf_counter()
             call(runner)
             sync()
@@ -107,11 +131,12 @@ def compile_and_warm_together(models: Sequence[torch.nn.Module], mode: str, call
             g1, b1 = _dynamo_counts()
             graphs[i] += g1 - g0
             breaks[i] += b1 - b0
+            skips[i] += _cuda_graph_skips() - s0
             new_in_round += g1 - g0
         rounds += 1
         if rounds > 1 and new_in_round == 0:
             break
-    return runners, [CompileInfo(mode, spent[i], rounds, graphs[i], breaks[i]) for i in range(len(models))]
+    return runners, [CompileInfo(mode, spent[i], rounds, graphs[i], breaks[i], skips[i]) for i in range(len(models))]
 
 
 @contextlib.contextmanager
@@ -149,8 +174,11 @@ def compile_fields(variant: CompileInfo | None, dense: CompileInfo | None = None
     """The record's compile fields: the mode and the variant's (and its dense twin's)
     compile seconds, warm-up calls, graphs and graph breaks; None for an eager point."""
     if variant is None:
-        return {"compile_s": None, "compile_s_dense": None, "compile_calls": None, "compile_graphs": None, "compile_graph_breaks": None}
+        return {"compile_s": None, "compile_s_dense": None, "compile_calls": None, "compile_graphs": None, "compile_graph_breaks": None,
+                "compile_cuda_graphs": None, "compile_cuda_graphs_dense": None}
     return {
+        "compile_cuda_graphs": variant.cuda_graphs,
+        "compile_cuda_graphs_dense": dense.cuda_graphs if dense is not None else None,
         "compile_s": variant.compile_s,
         "compile_s_dense": dense.compile_s if dense is not None else None,
         "compile_calls": variant.calls,
