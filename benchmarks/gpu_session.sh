@@ -1,22 +1,32 @@
 #!/usr/bin/env bash
-# The GPU figures of results/README.md in one call, within a time limit (a borrowed GPU is
-# lent by the minute): the CUDA tests; where ToSA's time goes (benchmarks/selector_gpu.py);
-# ToSA's share of its ideal speed-up per batch (64/128/256), rule and dtype, in fp16 with
-# and without the Triton selector kernel; ToSA vs dense on DeiT-S/B at batch 256 fp16
-# (suites/gpu-speed.toml, both rules); every method on DeiT-S at batch 256 fp16; the A/A
-# check in fp16. Steps run in order of importance; each gets what is left of the
-# deadline, so a slow step cuts the ones after it short instead of losing the whole call.
-# Each step's log and run directory stay under OUTDIR, whatever the step's exit code.
+# Every GPU figure of issue #30 ("every method at its fastest on a GPU") in one call of at
+# most 8 minutes (a borrowed GPU is lent by the minute). Steps run in order of importance;
+# each gets what is left of the deadline, so a slow step cuts the ones after it short
+# instead of losing the whole call. Each step's log and run directory stay under OUTDIR,
+# whatever the step's exit code, with env.json in every run directory.
 #
-#   benchmarks/gpu_session.sh [OUTDIR [DEADLINE_S]]      # default runs/gpu-session, 520 s
+#   1. the CUDA tests: the Triton selector (both forms) and ToMe's biased-attention
+#      backends against float64, every method on the GPU against the CPU, compiled points
+#      with CUDA graphs, timing/memory/energy on CUDA;
+#   2. every method, DeiT-S, keep 0.5 (ToMe r = 8), batch 256, fp16, eager: the must-hold
+#      speed-ups, and the kernels each ran (kernel_paths: the Triton form timed fastest,
+#      the attention backend ToMe's bias took);
+#   3. the A/A check in fp16 (dense vs its twin, ToSA and random at keep 1.0: 1.00 +- 2%);
+#   4. where ToSA's time goes: the selectors' share of a forward against their MAC share
+#      (tosa-bench profile, hooks, 5 passes);
+#   5. every method at batch 64, eager and with CUDA graphs (reduce-overhead), each
+#      against its dense twin compiled the same way;
+#   6. the kernels alone: both Triton forms and the PyTorch ops for one selector, the
+#      biased-attention backends, the map block's attention forms (CUDA events).
 #
-# PYTHON picks the interpreter (default python3); SELECTOR_GPU_ARGS adds options to
-# benchmarks/selector_gpu.py (e.g. --no-alternatives once the alternatives are known). On a machine without the package
+#   benchmarks/gpu_session.sh [OUTDIR [DEADLINE_S]]      # default runs/gpu-session, 470 s
+#
+# PYTHON picks the interpreter (default python3). On a machine without the package
 # installed, run from the checkout with PYTHONPATH=. (plus any missing pure-Python
 # dependencies on the path).
 set -u
 OUTDIR=${1:-runs/gpu-session}
-DEADLINE=${2:-520}
+DEADLINE=${2:-470}
 PY=${PYTHON:-python3}
 T0=$(date +%s)
 mkdir -p "$OUTDIR/logs"
@@ -35,27 +45,23 @@ step() {  # step NAME LIMIT_S CMD...: run CMD for at most LIMIT_S (and what is l
     tail -n 6 "$OUTDIR/logs/$name.log" | sed 's/^/   | /'
 }
 
-step env 30 "$PY" -c "
-import platform, torch, timm
+S="deit_small_patch16_224"
+step env 20 "$PY" -c "
+import platform, torch
 p = torch.cuda.get_device_properties(0)
-print('python', platform.python_version(), 'torch', torch.__version__, 'cuda', torch.version.cuda, 'timm', timm.__version__)
+print('python', platform.python_version(), 'torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version())
 print(p.name, f'{p.total_memory / 2**30:.1f} GiB', p.multi_processor_count, 'SMs')"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.limit,temperature.gpu,utilization.gpu --format=csv \
     >"$OUTDIR/logs/nvidia-smi.csv" 2>&1 && sed 's/^/   | /' "$OUTDIR/logs/nvidia-smi.csv"
 
-step tests-cuda 120 "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu_paths.py tests/test_selector_triton.py tests/test_memory.py \
-    tests/test_timing.py tests/test_point_record.py tests/test_env.py tests/test_variants.py tests/test_chunks.py
-step selector-gpu 100 "$PY" benchmarks/selector_gpu.py --batch-size 256 ${SELECTOR_GPU_ARGS:-}
-step grid-fp16 90 "$PY" benchmarks/tosa_speedup_grid.py --device cuda --dtypes fp16 --batch-sizes 64,128,256 \
-    --out "$OUTDIR/tosa-speedup-gpu-grid"
-step grid-fp16-pytorch-ops 90 env TOSA_BENCH_NO_GPU_SELECTOR_KERNEL=1 "$PY" benchmarks/tosa_speedup_grid.py --device cuda \
-    --dtypes fp16 --batch-sizes 64,128,256 --out "$OUTDIR/tosa-speedup-gpu-grid-pytorch-ops"
-step gpu-speed-mean 90 "$PY" -m tosa_bench sweep --suite gpu-speed --out "$OUTDIR/gpu-speed-mean"
-step methods-deit-s 90 "$PY" -m tosa_bench sweep --model deit_small_patch16_224 --device cuda --batch-size 256 --dtype fp16 \
-    --keep 0.5 --out "$OUTDIR/methods-deit-s-b256-fp16"
-step grid-bf16 60 "$PY" benchmarks/tosa_speedup_grid.py --device cuda --dtypes bf16 --batch-sizes 64,128,256 \
-    --out "$OUTDIR/tosa-speedup-gpu-grid"
-step gpu-speed-cls 60 "$PY" -m tosa_bench sweep --suite gpu-speed --importance cls --out "$OUTDIR/gpu-speed-cls"
-step aa-fp16 60 "$PY" benchmarks/aa_check.py --device cuda --suite gpu-speed --dtype fp16 --repeats 5 --out "$OUTDIR/aa-gpu-fp16"
+step tests-cuda 100 "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu_paths.py tests/test_selector_triton.py tests/test_biased_attention.py \
+    tests/test_memory.py tests/test_timing.py tests/test_env.py tests/test_energy.py "tests/test_compiled.py::test_compiled_points_on_a_gpu"
+step methods-b256 80 "$PY" -m tosa_bench sweep --model $S --device cuda --batch-size 256 --dtype fp16 --keep 0.5 --no-latency \
+    --out "$OUTDIR/methods-deit-s-b256-fp16"
+step aa-fp16 50 "$PY" benchmarks/aa_check.py --device cuda --suite gpu-speed --dtype fp16 --repeats 5 --out "$OUTDIR/aa-gpu-fp16"
+step profile-tosa 30 "$PY" -m tosa_bench profile --model $S --variant tosa --keep 0.5 --device cuda --batch-size 256 --dtype fp16
+step methods-b64-cudagraphs 150 "$PY" -m tosa_bench sweep --model $S --device cuda --batch-size 64 --dtype fp16 --keep 0.5 --no-latency \
+    --compile-mode eager,reduce-overhead --out "$OUTDIR/methods-deit-s-b64-fp16-cudagraphs"
+step kernels 40 "$PY" benchmarks/selector_gpu.py --batch-size 256 --part kernels
 echo "== done at +$(( $(date +%s) - T0 ))s"
 for f in "$OUTDIR"/*/table.md "$OUTDIR"/*/summary.md; do [ -f "$f" ] && { echo "--- $f"; cat "$f"; }; done

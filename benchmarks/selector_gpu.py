@@ -5,13 +5,15 @@ Two parts, both at DeiT-S shapes (6 heads, 197 tokens) in fp16 autocast:
 1. ``profile``: CUDA kernel time per op (torch.profiler, 3 forwards after 3 warm-ups) of
    dense, ToSA (keep 0.5, alternate; ``mean`` and ``cls`` rules) and ToMe (r = 8) at
    ``--batch-size``.
-2. ``formulations``: the attention of a block whose logits a selector reads, explicit or
-   fused, and one selector's ``received`` (predicted attention each key receives)
-   timed with CUDA events, median of 20 after 5 warm-ups, for the formulations below, each
-   checked against the float64 CPU result of the same weights on a few images.
+2. ``kernels``: one selector's ``received`` (predicted attention each key receives) in
+   each formulation (both Triton forms, the PyTorch ops, other layouts), ToMe's attention
+   with its per-key bias on each backend the card takes, and the attention of a block
+   whose logits a selector reads (explicit or fused), timed with CUDA events, median of 20
+   after 5 warm-ups, each checked against the float64 reference
+   (tosa_bench.kernels.reference) on a few images.
 
     python benchmarks/selector_gpu.py --batch-size 256            # both parts
-    python benchmarks/selector_gpu.py --part formulations
+    python benchmarks/selector_gpu.py --part kernels
 
 Prints tables; nothing is written. What it found is in docs/gpu-selector.md.
 """
@@ -27,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from tosa_bench import build_model
+from tosa_bench.kernels import reference, selector_triton
 from tosa_bench.methods.tosa import TokenSelector
 
 
@@ -100,6 +103,8 @@ def formulations(batch: int, alternatives: bool = True) -> None:
         return z.contiguous().float().softmax(dim=-1).sum(dim=(1, 2))
 
     candidates = {"PyTorch ops: channels-last conv2d, autocast softmax": pytorch_ops}
+    for form in selector_triton.FORMS:  # each Triton form on its own, whichever the timing would pick
+        candidates[f"Triton kernel, {form} form"] = (lambda f: lambda: selector_triton.received(maps, sel.conv1, sel.conv2, f))(form)
     if alternatives:
         candidates.update({"channels-first conv2d": channels_first, "conv1d over rows": rows_conv1d,
                            "channels-last conv2d, contiguous softmax": channels_last_half_softmax})
@@ -111,10 +116,8 @@ def formulations(batch: int, alternatives: bool = True) -> None:
         dispatched()
     candidates[f"received() as dispatched: {sel.last_path}"] = dispatched
 
-    few = maps[:4].double().cpu()
     with torch.no_grad():
-        ref = F.conv1d(F.relu(F.conv1d(few.permute(0, 2, 1, 3).reshape(4 * N, H, N), w1.double().cpu(), b1.double().cpu(), padding=1)),
-                       w2.double().cpu(), b2.double().cpu(), padding=1).softmax(dim=-1).view(4, N, H, N).sum(dim=(1, 2))
+        ref = reference.selector_received(maps[:4].cpu(), *(t.detach().cpu() for t in (w1, b1, w2, b2)))
     print(f"\n### one selector's received(), batch {batch}, maps {H}x{N}x{N} fp16; CUDA events, median of 20")
     print("| formulation | ms | max rel. error vs float64 (4 images) |\n|---|---:|---:|")
     with torch.inference_mode():
@@ -146,19 +149,43 @@ def attention_forms(batch: int) -> None:
             print(f"| {name} | {_median_ms(fn):.3f} |", flush=True)
 
 
+def biased_attention_backends(batch: int, tokens: int = 173) -> None:
+    """ToMe's attention with its log-size bias per key (DeiT-S after three merges of r = 8:
+    173 tokens) on every backend the card takes, against float64 on a few images, with
+    dense's flash attention without a bias for scale."""
+    from tosa_bench.kernels import biased_attention
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(batch, 6, tokens, 64, device="cuda", generator=g).half() for _ in range(3))
+    bias = torch.randint(1, 8, (batch, 1, 1, tokens), device="cuda", generator=g).float().log().half()
+    ok, why = biased_attention.usable(q.device, q, k, v, bias, 0.125)
+    ref = reference.biased_attention(q[:4].cpu(), k[:4].cpu(), v[:4].cpu(), bias[:4].cpu(), 0.125)
+    print(f"\n### attention with a bias per key, batch {batch}, 6 heads x {tokens} tokens, fp16; CUDA events, median of 20")
+    print("| backend | ms | max rel. error vs float64 (4 images) |\n|---|---:|---:|")
+    with torch.inference_mode():
+        for backend in ok:
+            fn = (lambda b: lambda: biased_attention.attend(b, q, k, v, bias, 0.125))(backend)
+            err = ((fn()[:4].double().cpu() - ref).abs().max() / ref.abs().max()).item()
+            print(f"| {backend}: {biased_attention.DESCRIPTION[backend]} | {_median_ms(fn):.3f} | {err:.1e} |", flush=True)
+        print(f"| dense's attention (flash, no bias), for scale | {_median_ms(lambda: F.scaled_dot_product_attention(q, k, v)):.3f} | |")
+    for backend, reason in why.items():
+        print(f"| {backend} | not available: {reason} | |")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--part", choices=["both", "profile", "formulations"], default="both")
+    p.add_argument("--part", choices=["all", "profile", "kernels"], default="all")
     p.add_argument("--no-alternatives", action="store_true", help="time only the PyTorch ops and the dispatched path")
     a = p.parse_args()
     if not torch.cuda.is_available():
         print("error: needs a CUDA device", file=sys.stderr)
         return 2
-    if a.part in ("both", "formulations"):
+    if a.part in ("all", "kernels"):
         formulations(a.batch_size, alternatives=not a.no_alternatives)
+        biased_attention_backends(a.batch_size)
         attention_forms(a.batch_size)
-    if a.part in ("both", "profile"):
+    if a.part in ("all", "profile"):
         profile_models(a.batch_size)
     return 0
 
