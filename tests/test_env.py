@@ -64,6 +64,11 @@ def test_cpu_record_is_complete_and_json(tmp_path: Path) -> None:
     assert rec["python"] == platform.python_version()
     assert rec["torch_threads"] == torch.get_num_threads() and rec["logical_cpus"] >= 1
     assert dt.datetime.fromisoformat(rec["time_utc"]).utcoffset() == dt.timedelta(0)
+    # ToSA's fused CPU selector: its build, or None and why
+    from tosa_bench.kernels import selector_cpu
+
+    assert rec["selector_cpu_kernel"] == selector_cpu.build_tag()
+    assert (rec["selector_cpu_kernel"] is None) == ("selector_cpu_kernel_reason" in rec)
 
 
 def test_default_device_without_cuda_is_cpu() -> None:

@@ -150,6 +150,13 @@ def environment_record(
         # chunked CPU ops are calibrated per machine; each record's cpu_chunks names its budgets
         rec["cpu_chunk_machine"] = machine_signature()
         rec["cpu_chunk_cache"] = str(cache_path())
+        if dev.type == "cpu":
+            from tosa_bench.kernels import selector_cpu
+
+            # ToSA's fused CPU selector, where it can be built (timed against the PyTorch ops)
+            rec["selector_cpu_kernel"] = selector_cpu.build_tag()
+            if rec["selector_cpu_kernel"] is None:
+                rec["selector_cpu_kernel_reason"] = selector_cpu.unavailable_reason() or "not built"
     if rec["cpu_model"] is None:
         rec["cpu_model_reason"] = f"no model line in {cpuinfo_path} and platform.processor() is empty"
     rec.update(git_state(repo_path))
