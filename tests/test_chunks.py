@@ -164,11 +164,11 @@ def test_a_parents_budgets_come_first(monkeypatch):
 def test_no_budget_off_the_cpu_or_while_tracing(monkeypatch):
     monkeypatch.setattr(chunks, "budget", lambda *a, **k: pytest.fail("asked for a budget"))
     key = lambda: ChunkKey("a", "b", "float32")  # noqa: E731
-    assert chunks.cpu_budget(torch.device("meta"), key, _runner([])) is None
+    assert chunks.device_budget(torch.device("meta"), key, _runner([])) is None
     seen = []
 
     def f(x):
-        seen.append(chunks.cpu_budget(x.device, key, _runner([])))
+        seen.append(chunks.device_budget(x.device, key, _runner([])))
         return x * 2
 
     torch.jit.trace(f, torch.ones(2), check_trace=False)

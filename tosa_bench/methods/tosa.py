@@ -139,12 +139,12 @@ class TokenSelector(Chunked, nn.Module):
 
     #: how the last :meth:`received` ran ("triton kernel (packed)", "fused CPU kernel (64-byte
     #: vectors)", "PyTorch ops ..." with the reason on CUDA); records list these
-    #: (``kernel_paths``). Under ``torch.compile`` the ops are left to the compiler.
+    #: (``kernel_paths``; a compiled model's are its :attr:`compiled_path`).
     last_path: str | None = None
     #: (rows, keys, dtype, kernel) of the maps the last eager call ran a kernel on: the
     #: fused CPU kernel where it was timed faster (kernel = its vector bytes), or the
-    #: Triton kernel on CUDA (kernel = its form, "packed" or "stacked"). A compiled forward on maps like these
-    #: calls that kernel as a custom op inside its graph (``received_op`` of
+    #: Triton kernel on CUDA (kernel = its form, "packed" or "stacked"). A compiled
+    #: forward on maps like these calls that kernel as a custom op inside its graph (``received_op`` of
     #: :mod:`tosa_bench.kernels.selector_cpu` / :mod:`tosa_bench.kernels.selector_triton`);
     #: on other maps, or before any eager call, the compiler fuses the PyTorch ops
     compiled_kernel: tuple[int, int, torch.dtype, int | str] | None = None
@@ -264,7 +264,7 @@ class TokenSelector(Chunked, nn.Module):
         "selector-triton"), the fastest kept; a form that cannot run there is left out.
         The first form ("packed") where nothing is timed (off CUDA, compiled) or neither
         form runs (the caller then meets the kernel's failure and takes the PyTorch ops).
-        ``devices``: where to time (tests add "cpu" to time under Triton's interpreter)."""
+        ``devices``: where to time (a test adds "cpu" to time a faked kernel there)."""
         forms = selector_triton.FORMS
         B, H, R, N = logits.shape
         dev, dtype = logits.device, logits.dtype

@@ -301,7 +301,7 @@ def calibrate(run: Callable[[int], None], candidates: tuple[int, ...] = CANDIDAT
     return best, medians
 
 
-def cpu_budget(device: torch.device, key: Callable[[], ChunkKey], runner: Callable[[], Callable[[int], None]],
+def device_budget(device: torch.device, key: Callable[[], ChunkKey], runner: Callable[[], Callable[[int], None]],
                candidates: tuple[int, ...] = CANDIDATE_BYTES, whole: bool = True,
                devices: tuple[str, ...] = ("cpu",)) -> Budget | None:
     """The budget an op on ``device`` should use now, or None for one piece (or the op's
@@ -333,13 +333,13 @@ def items_per_chunk(total: int, bytes_per_item: int, budget_bytes: int | None) -
 
 
 class Chunked:
-    """Mixin of a module with a chunked CPU op: settles the op's budget (:func:`cpu_budget`)
+    """Mixin of a module with a chunked CPU op: settles the op's budget (:func:`device_budget`)
     and remembers the ones it used, which :func:`used_by` collects for a record."""
 
     def chunk_budget(self, device: torch.device, key: Callable[[], ChunkKey], runner: Callable[[], Callable[[int], None]],
                      candidates: tuple[int, ...] = CANDIDATE_BYTES, whole: bool = True,
                      devices: tuple[str, ...] = ("cpu",)) -> Budget | None:
-        found = cpu_budget(device, key, runner, candidates, whole, devices)
+        found = device_budget(device, key, runner, candidates, whole, devices)
         if found is not None:
             self.__dict__.setdefault("chunk_budgets", {})[key().text()] = found
         return found
