@@ -92,7 +92,7 @@ def test_selector_cost_is_visible_not_hidden():
     m = build_model("test_deep", "tosa", keep=0.5)
     counted = count_macs(m, torch.randn(1, 3, 32, 32))
     assert counted.by_module["reducer.selectors.1"] > 0
-    assert "aten::topk" in counted.uncounted_ops and "aten::scatter" in counted.uncounted_ops
+    assert "aten::topk" in counted.uncounted_ops and {"aten::scatter", "aten::scatter_"} & set(counted.uncounted_ops)  # in place under no_grad
 
 
 def formula_gmacs(name: str, variant: str = "dense", **options) -> float:
