@@ -5,8 +5,9 @@ VM's round-to-round spread moved between about 1% and 12% from one day to the ne
 script removes the day: it extracts ``--base``'s ``tosa_bench`` package (``git archive``)
 under another name, builds each model from both packages with the same weights, checks
 they compute the same outputs, and times them in ABBA rounds in one process. The ratio
-is old step / new step (above 1: this checkout is faster), the median over rounds with a
-distribution-free 95% interval (ranks 3 and n-2 of 12 rounds; min and max below 12).
+is old step / new step (above 1: this checkout is faster), the median over rounds with its
+distribution-free 95% interval (``measure.timing.median_interval``: ranks 3 and 10 of 12
+rounds, 7 and 18 of 24).
 Dense, whose code a change may not touch, is the A/A control of the day.
 
     python benchmarks/ab_commits.py --base cb2562a --out results/ab-cpu-issue30
@@ -35,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 from tosa_bench.build import build_model  # noqa: E402
 from tosa_bench.errors import OptionError, run_script  # noqa: E402
 from tosa_bench.measure.env import environment_record  # noqa: E402
+from tosa_bench.measure.timing import median_interval  # noqa: E402
 
 OLD = "tosa_bench_base"
 OPTIONS = {"dense": {}, "tosa": {"keep": 0.5}, "tome": {"r": 8}, "evit": {"keep": 0.5}, "random": {"keep": 0.5}}
@@ -58,8 +60,9 @@ def extract_base(commit: str, into: Path) -> str:
     return full
 
 
-def paired(old, new, x: torch.Tensor, rounds: int) -> tuple[float, float, float]:
-    """Median and 95% interval of old/new step-time ratios over ``rounds`` ABBA rounds."""
+def paired(old, new, x: torch.Tensor, rounds: int) -> tuple[float, float, float, list[float]]:
+    """Median and distribution-free 95% interval of old/new step-time ratios over ``rounds``
+    ABBA rounds (:func:`median_interval`), and the ratios in round order."""
     with torch.inference_mode():
         for m in (old, new):
             m(x)
@@ -71,9 +74,8 @@ def paired(old, new, x: torch.Tensor, rounds: int) -> tuple[float, float, float]
                 m(x)
                 t.append(time.perf_counter() - t0)
             ratios.append((t[0] + t[3]) / (t[1] + t[2]))
-    ratios.sort()
-    lo, hi = (ratios[2], ratios[-3]) if rounds >= 12 else (ratios[0], ratios[-1])
-    return statistics.median(ratios), lo, hi
+    lo, hi, _ = median_interval(ratios)
+    return statistics.median(ratios), lo, hi, ratios
 
 
 def main() -> int:
@@ -106,8 +108,8 @@ def main() -> int:
                 with torch.inference_mode():
                     if not torch.allclose(old(x), new(x), rtol=1e-4, atol=1e-4):
                         raise OptionError(f"{variant} computes different outputs at {a.base} and here: comparing their speed would be meaningless")
-                med, lo, hi = paired(old, new, x, a.rounds)
-                rows.append({"variant": variant, "batch": batch, "ratio": med, "low": lo, "high": hi, "rounds": a.rounds})
+                med, lo, hi, ratios = paired(old, new, x, a.rounds)
+                rows.append({"variant": variant, "batch": batch, "ratio": med, "low": lo, "high": hi, "rounds": a.rounds, "ratios": ratios})
                 print(f"{variant} batch {batch}: base/this {med:.3f} ({lo:.3f}-{hi:.3f})", flush=True)
     env = environment_record("cpu", repo_path=ROOT)
     (a.out / "env.json").write_text(json.dumps(env, indent=1) + "\n")

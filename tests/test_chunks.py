@@ -247,7 +247,12 @@ def test_calibrate_command_shows_the_plan_of_both_ops():
     from tosa_bench.kernels import selector_cpu
 
     ops = 3 if selector_cpu.kernel() is not None else 2  # attention, selector (and the kernel's vector width)
-    assert again.exit_code == 0 and f"forgot {ops} calibration(s)" in again.output and "calibrated" in again.output
+    tome = build_model("test_deep", "tome", r=8).eval()
+    with torch.inference_mode():
+        tome(torch.randn(1, 3, tome.cfg.img_size, tome.cfg.img_size))
+    biased = sum(text.startswith("biased-attention ") for text in chunks.used_by(tome))  # one per token count after a merge
+    assert biased >= 5 and "biased-attention" in again.output and ("explicit" in again.output or "sdpa" in again.output)
+    assert again.exit_code == 0 and f"forgot {ops + biased} calibration(s)" in again.output and "calibrated" in again.output
     if ops == 3:
         assert "selector-kernel" in again.output and "-byte vectors" in again.output
 

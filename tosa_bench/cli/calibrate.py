@@ -1,4 +1,4 @@
-"""``tosa-bench calibrate``: time a model's chunked CPU ops on this machine and show the plan kept."""
+"""``tosa-bench calibrate``: time a model's calibrated CPU ops on this machine and show the plan kept."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ def calibrate_command(
 ) -> None:
     """Time the CPU ops that work on full attention maps (the explicit attention of a map
     block, ToSA's selector: PyTorch in chunks of several sizes, in one piece, or fused)
-    for MODEL on this machine, and show the fastest, which every run uses.
+    and ToMe's attention with its bias (one backend per token count) for MODEL on this
+    machine, and show the fastest, which every run uses.
 
     Runs calibrate themselves on first use; this shows the result, or redoes it after the
     machine changed (--refresh). Kept in the cache file named below.
@@ -36,20 +37,24 @@ def calibrate_command(
     resolve_autocast(dtype.value, "cpu")
     from tosa_bench.methods import registry
 
-    # the method with selectors (ToSA) has both chunked ops: a map block's explicit attention and its selectors
-    net = build_model(model, registry.selector_takers()[0], keep=0.5).eval()
+    # the method with selectors (ToSA) has both chunked ops: a map block's explicit attention
+    # and its selectors; ToMe (r = 8) has the biased attention, one backend per token count
+    nets = [build_model(model, registry.selector_takers()[0], keep=0.5).eval(), build_model(model, "tome", r=8).eval()]
     if refresh:
         dropped = chunks.drop_machine()
         out.print(f"forgot {dropped} calibration(s) of this machine")
-    size = net.cfg.img_size
-    with torch.inference_mode(), autocast(dtype.value, torch.device("cpu")):
-        net(torch.randn(2, 3, size, size))
+    size = nets[0].cfg.img_size
+    used: dict[str, dict] = {}
+    for net in nets:
+        with torch.inference_mode(), autocast(dtype.value, torch.device("cpu")):
+            net(torch.randn(2, 3, size, size))
+        used.update(chunks.used_by(net))
     cache = chunks.read_cache()
-    t = Table(title=f"{model}, {dtype.value}: chunked CPU ops on this machine", caption=f"machine: {chunks.machine_signature()}; kept in {chunks.cache_path()}")
+    t = Table(title=f"{model}, {dtype.value}: calibrated CPU ops on this machine", caption=f"machine: {chunks.machine_signature()}; kept in {chunks.cache_path()}")
     t.add_column("op", overflow="fold")  # "selector-kernel" whole, on a narrow terminal too
     for col in ("shape", "kept", "source", f"median ms per call ({chunks.CALIBRATION_IMAGES} images), fastest first"):
         t.add_column(col)
-    for text, b in chunks.used_by(net).items():
+    for text, b in used.items():
         op, shape = text.split(" | ")[0].split(" ", 1)
         medians = cache.get(text, {}).get("median_ms", {})
         ranked = sorted(medians.items(), key=lambda kv: kv[1])

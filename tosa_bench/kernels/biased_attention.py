@@ -42,7 +42,7 @@ from torch import Tensor
 #: every backend, in the order a tie is broken (earlier wins); a backend's index here is
 #: its value in the calibration cache
 BACKENDS = ("sdpa", "explicit", "sdpa-efficient", "sdpa-cudnn")
-#: what each backend is, for records and ``tosa-bench calibrate``
+#: what each backend is, for records (``kernel_paths``)
 DESCRIPTION = {
     "sdpa": "scaled_dot_product_attention, PyTorch's dispatch",
     "explicit": "explicit softmax",
