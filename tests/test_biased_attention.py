@@ -162,3 +162,24 @@ def test_on_cuda_the_backend_is_timed_at_the_batch_and_named():
     (text, budget), = ((t, b) for t, b in attn.chunk_budgets.items() if t.startswith("biased-attention "))
     assert " batch 16 " in text and torch.cuda.get_device_name() in text and budget.source in ("calibrated", "cache")
     assert attn.last_path.startswith(f"biased attention: {biased_attention.BACKENDS[budget.bytes]} (")
+
+
+def test_a_settled_backend_is_remembered_per_shape_until_budgets_change(monkeypatch):
+    """Every block of every forward asks for its backend: the calibration is looked up once
+    per shape, again for a new shape, and again after budgets were pinned or forgotten."""
+    asked = []
+
+    def fake(key, runner, candidates=(), whole=True, clock=None):
+        asked.append(key.shape.split(" bias")[0])
+        return chunks.Budget(biased_attention.BACKENDS.index("sdpa"), "calibrated")
+
+    monkeypatch.setattr(chunks, "budget", fake)
+    attn = Attention(24, 3).eval()
+    bias = torch.zeros(2, 1, 1, 9)
+    with torch.no_grad():
+        for _ in range(3):
+            attn(torch.randn(2, 9, 24), bias=bias)
+        attn(torch.randn(2, 7, 24), bias=bias[..., :7])
+        chunks.forget_budgets()
+        attn(torch.randn(2, 9, 24), bias=bias)
+    assert asked == ["heads 3 tokens 9 head_dim 8", "heads 3 tokens 7 head_dim 8", "heads 3 tokens 9 head_dim 8"]

@@ -49,6 +49,8 @@ DESCRIPTION = {
     "sdpa-efficient": "scaled_dot_product_attention, memory-efficient kernel",
     "sdpa-cudnn": "scaled_dot_product_attention, cuDNN kernel",
 }
+#: how a record's ``kernel_paths`` names each backend
+PATHS = {b: f"biased attention: {b} ({d})" for b, d in DESCRIPTION.items()}
 #: the backend used where nothing is timed (compiled, traced, meta)
 DEFAULT = "sdpa"
 

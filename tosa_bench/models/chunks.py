@@ -98,6 +98,14 @@ class Budget:
 
 _memo: dict[str, Budget] = {}
 _signature: str | None = None
+_generation = 0  # bumped whenever settled budgets may change: lets callers keep their own memo
+
+
+def generation() -> int:
+    """A number that changes whenever this process's settled budgets may change (pinned,
+    forgotten, dropped): a module that remembers its choice per shape to skip the lookup
+    on every call (ToMe's biased attention, called in every block) keys it by this too."""
+    return _generation
 
 
 def machine_signature() -> str:
@@ -187,12 +195,16 @@ def _parent_budgets() -> dict[str, int]:
 
 def set_budget(key: ChunkKey, nbytes: int, fallback: int = WHOLE) -> None:
     """Use ``nbytes`` for ``key`` in this process (tests; a user pinning a size)."""
+    global _generation
     _memo[key.text()] = Budget(int(nbytes), "set", fallback)
+    _generation += 1
 
 
 def forget_budgets() -> None:
     """Drop this process's budgets (the next call reads the cache or calibrates again)."""
+    global _generation
     _memo.clear()
+    _generation += 1
 
 
 def drop_machine(path: Path | None = None) -> int:

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from tosa_bench.errors import OptionError
 from tosa_bench.kernels import biased_attention
+from tosa_bench.models import chunks
 from tosa_bench.models.chunks import (CALIBRATED, CALIBRATION_IMAGES, CANDIDATE_BYTES, FUSED, CandidateUnavailable, Chunked, ChunkKey,
                                       items_per_chunk)
 from tosa_bench.models.configs import ViTConfig
@@ -118,7 +119,8 @@ class Attention(Chunked, nn.Module):
         """softmax(q k^T * scale + bias) v on the backend timed fastest for these shapes on
         this device (:mod:`tosa_bench.kernels.biased_attention`); ``last_path`` names it."""
         backend = self.bias_backend(q, bias)
-        self.last_path = f"biased attention: {backend} ({biased_attention.DESCRIPTION[backend]})"
+        # set through __dict__: nn.Module.__setattr__ costs microseconds in every block
+        self.__dict__["last_path"] = biased_attention.PATHS[backend]
         return biased_attention.attend(backend, q, k, v, bias, self.scale)
 
     def bias_backend(self, q: Tensor, bias: Tensor) -> str:
@@ -130,6 +132,14 @@ class Attention(Chunked, nn.Module):
         (compiled, traced, other devices)."""
         B, H, n, d = q.shape
         dev, dtype, cuda = q.device, q.dtype, q.device.type == "cuda"
+        if torch.compiler.is_compiling() or torch.jit.is_tracing():
+            return biased_attention.DEFAULT  # nothing is timed while compiled or traced
+        # Every block of every forward asks: building the calibration key each time cost
+        # ToMe ~10% of a tiny model's forward, so a settled choice is remembered per shape.
+        memo = self.__dict__.setdefault("_bias_backends", {})
+        seen = (q.shape, bias.shape, dtype, dev, torch.get_num_threads(), chunks.generation())
+        if seen in memo:
+            return memo[seen]
         names = biased_attention.candidates(dev)
 
         def key() -> ChunkKey:
@@ -158,7 +168,8 @@ class Attention(Chunked, nn.Module):
                                       devices=("cpu", "cuda"))
         if found is None or not 0 <= found.bytes < len(biased_attention.BACKENDS) or biased_attention.BACKENDS[found.bytes] not in names:
             return biased_attention.DEFAULT  # nothing timed here (or a value this device does not offer)
-        return biased_attention.BACKENDS[found.bytes]
+        memo[seen] = biased_attention.BACKENDS[found.bytes]
+        return memo[seen]
 
     def cpu_budget(self, q: Tensor, n: int) -> int | None:
         """The calibrated chunk budget of :meth:`_explicit` for ``n`` tokens (None off the CPU)."""
