@@ -362,62 +362,49 @@ def received(logits: Tensor, conv1: torch.nn.Conv1d, conv2: torch.nn.Conv1d, for
     (triton, kernels), reason = _triton()
     if kernels is None:
         raise RuntimeError(reason)
+    B, H, R, N = logits.shape
+    C, _, K = conv1.weight.shape
+    dtype, dev = logits.dtype, logits.device
     if form == "stacked":
-        return _received_stacked(kernels["stacked"], logits, conv1, conv2)
-    kernel = kernels["packed"]
-    B, H, R, N = logits.shape
-    C, _, K = conv1.weight.shape
-    t = tiling(H, C, R, N)
-    dtype, dev = logits.dtype, logits.device
-    key = (str(dev), dtype, "packed", t, K)
-    if key in _failed:  # before any packing: a layout that failed once is not tried again
+        t = stacked_tiling(H, C, K, R, N)
+        weights = lambda: _stacked_weights(conv1, conv2, t, dtype)  # noqa: E731
+        layout = dict(L=t.packed * H, CH=t.packed * C, SX=t.stacked, HD=t.hidden, num_warps=t.warps)
+    else:
+        t = tiling(H, C, R, N)
+        weights = lambda: _packed_weights(conv1, conv2, t, dtype)  # noqa: E731
+        layout = dict(CP=t.hidden, num_warps=4 if t.keys < 256 else 8)
+    key = (str(dev), dtype, form, t, K)
+    if key in _failed:  # before building the weights: a layout that failed once is not tried again
         raise KernelFailed(_failed[key])
     with torch.no_grad():
-        # block-diagonal weights: packed row q's heads q*H.. feed its hidden channels q*C..
-        w1 = torch.zeros(K, t.hidden, t.lanes, dtype=dtype, device=dev)
-        w2 = torch.zeros(K, t.lanes, t.hidden, dtype=dtype, device=dev)
-        b1 = torch.zeros(t.hidden, dtype=torch.float32, device=dev)
-        b2 = torch.zeros(t.lanes, dtype=torch.float32, device=dev)
-        for j in range(t.packed):
-            w1[:, j * C : (j + 1) * C, j * H : (j + 1) * H] = conv1.weight.permute(2, 0, 1).to(dtype)
-            w2[:, j * H : (j + 1) * H, j * C : (j + 1) * C] = conv2.weight.permute(2, 0, 1).to(dtype)
-            b1[j * C : (j + 1) * C] = conv1.bias
-            b2[j * H : (j + 1) * H] = conv2.bias
+        w1, b1, w2, b2 = weights()
         part = torch.empty(B, t.programs, t.keys, dtype=torch.float32, device=dev)
         try:
-            kernel[(B, t.programs)](logits, w1, b1, w2, b2, part, R, N, *logits.stride(), H=H, HP=t.lanes, CP=t.hidden, NP=t.keys,
-                                    K=K, RP=t.packed, ITER=t.iters, num_warps=4 if t.keys < 256 else 8)
+            kernels[form][(B, t.programs)](logits, w1, b1, w2, b2, part, R, N, *logits.stride(), H=H, HP=t.lanes, NP=t.keys, K=K,
+                                           RP=t.packed, ITER=t.iters, **layout)
         except _launch_errors() as e:
-            raise _remember_failure(key, e) from e
+            text = str(e).strip().splitlines()
+            _failed[key] = f"the kernel could not run here: {type(e).__name__}: {text[0][:200] if text else ''}".rstrip(": ")
+            raise KernelFailed(_failed[key]) from e
         return part.sum(dim=1)[:, :N]
 
 
-def _remember_failure(key: tuple, error: BaseException) -> KernelFailed:
-    """Record why the layout ``key`` could not run, so the next call raises at once."""
-    text = str(error).strip().splitlines()
-    _failed[key] = f"the kernel could not run here: {type(error).__name__}: {text[0][:200] if text else ''}".rstrip(": ")
-    return KernelFailed(_failed[key])
-
-
-def _received_stacked(kernel, logits: Tensor, conv1: torch.nn.Conv1d, conv2: torch.nn.Conv1d) -> Tensor:
-    """:func:`received` by the "stacked" kernel (v2)."""
-    B, H, R, N = logits.shape
-    C, _, K = conv1.weight.shape
-    t = stacked_tiling(H, C, K, R, N)
-    dtype, dev = logits.dtype, logits.device
-    key = (str(dev), dtype, "stacked", t, K)
-    if key in _failed:  # before building the weights, as for the packed form
-        raise KernelFailed(_failed[key])
-    with torch.no_grad():
-        w1, b1, w2, b2 = _stacked_weights(conv1, conv2, t, dtype)
-        part = torch.empty(B, t.programs, t.keys, dtype=torch.float32, device=dev)
-        try:
-            kernel[(B, t.programs)](logits, w1, b1, w2, b2, part, R, N, *logits.stride(), H=H, L=t.packed * H, CH=t.packed * C,
-                                    HP=t.lanes, SX=t.stacked, HD=t.hidden, NP=t.keys, K=K, RP=t.packed, ITER=t.iters,
-                                    num_warps=t.warps)
-        except _launch_errors() as e:
-            raise _remember_failure(key, e) from e
-        return part.sum(dim=1)[:, :N]
+def _packed_weights(conv1: torch.nn.Conv1d, conv2: torch.nn.Conv1d, t: Tiling, dtype: torch.dtype) -> tuple[Tensor, ...]:
+    """The "packed" kernel's block-diagonal weights for tiling ``t``: packed row q's heads
+    q*H.. feed its hidden channels q*C.. (w1 (K, hidden, lanes), b1, w2 (K, lanes, hidden),
+    b2; the biases float32)."""
+    C, H, K = conv1.weight.shape
+    dev = conv1.weight.device
+    w1 = torch.zeros(K, t.hidden, t.lanes, dtype=dtype, device=dev)
+    w2 = torch.zeros(K, t.lanes, t.hidden, dtype=dtype, device=dev)
+    b1 = torch.zeros(t.hidden, dtype=torch.float32, device=dev)
+    b2 = torch.zeros(t.lanes, dtype=torch.float32, device=dev)
+    for j in range(t.packed):
+        w1[:, j * C : (j + 1) * C, j * H : (j + 1) * H] = conv1.weight.permute(2, 0, 1).to(dtype)
+        w2[:, j * H : (j + 1) * H, j * C : (j + 1) * C] = conv2.weight.permute(2, 0, 1).to(dtype)
+        b1[j * C : (j + 1) * C] = conv1.bias
+        b2[j * H : (j + 1) * H] = conv2.bias
+    return w1, b1, w2, b2
 
 
 @torch.library.custom_op("tosa_bench::selector_received_triton", mutates_args=())
